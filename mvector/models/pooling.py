@@ -1,0 +1,97 @@
+"""Length-aware temporal pooling layers, shared by every backbone.
+
+Input ``x`` is ``[B, C, T]`` with an optional float mask ``[B, 1, T]`` (see ``masking.py``); output
+is ``[B, output_dim]``. Padded frames never contribute, so pooling is padding-invariant.
+"""
+import torch
+from torch import nn
+
+from mvector.models.masking import masked_mean, masked_mean_std, masked_softmax
+from mvector.registry import Registry
+
+POOLINGS = Registry("pooling")
+
+
+@POOLINGS.register(name="TAP")
+class TemporalAveragePooling(nn.Module):
+    """Mean over time."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.output_dim = in_dim
+
+    def forward(self, x, mask=None):
+        return masked_mean(x, mask)
+
+
+@POOLINGS.register(name="TSP")
+class TemporalStatisticsPooling(nn.Module):
+    """Mean and variance over time (the reference toolkit's TSP)."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.output_dim = in_dim * 2
+
+    def forward(self, x, mask=None):
+        mean, std = masked_mean_std(x, mask)
+        return torch.cat([mean, std * std], dim=1)
+
+
+@POOLINGS.register(name="TSTP")
+class TemporalStatsPool(nn.Module):
+    """Mean and standard deviation over time (x-vector statistics pooling)."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.output_dim = in_dim * 2
+
+    def forward(self, x, mask=None):
+        return torch.cat(masked_mean_std(x, mask), dim=1)
+
+
+@POOLINGS.register(name="SAP")
+class SelfAttentivePooling(nn.Module):
+    """Attention-weighted mean over time (Cai et al., 2018)."""
+
+    def __init__(self, in_dim: int, bottleneck_dim: int = 128):
+        super().__init__()
+        self.attention = nn.Sequential(nn.Conv1d(in_dim, bottleneck_dim, 1), nn.Tanh(),
+                                       nn.Conv1d(bottleneck_dim, 1, 1))
+        self.output_dim = in_dim
+
+    def forward(self, x, mask=None):
+        weights = masked_softmax(self.attention(x).float(), mask).to(x.dtype)
+        return (x * weights).sum(dim=-1)
+
+
+@POOLINGS.register(name="ASP")
+class AttentiveStatisticsPooling(nn.Module):
+    """Channel-wise attentive mean and standard deviation (ECAPA-TDNN).
+
+    With ``global_context`` the attention also sees each utterance's mean and std, which is what
+    makes ECAPA's pooling aware of the whole utterance; those statistics use valid frames only.
+    """
+
+    def __init__(self, in_dim: int, bottleneck_dim: int = 128, global_context: bool = True):
+        super().__init__()
+        self.global_context = global_context
+        attn_in = in_dim * 3 if global_context else in_dim
+        self.attention = nn.Sequential(nn.Conv1d(attn_in, bottleneck_dim, 1), nn.ReLU(),
+                                       nn.BatchNorm1d(bottleneck_dim), nn.Tanh(),
+                                       nn.Conv1d(bottleneck_dim, in_dim, 1))
+        self.output_dim = in_dim * 2
+
+    def forward(self, x, mask=None):
+        attn_in = x
+        if self.global_context:
+            mean, std = masked_mean_std(x, mask)
+            frames = x.shape[-1]
+            attn_in = torch.cat([x, mean.unsqueeze(-1).expand(-1, -1, frames),
+                                 std.unsqueeze(-1).expand(-1, -1, frames)], dim=1)
+        weights = masked_softmax(self.attention(attn_in).float(), mask).to(x.dtype)
+        return torch.cat(masked_mean_std(x, mask, weights=weights), dim=1)
+
+
+def build_pooling(name: str, in_dim: int, **kwargs) -> nn.Module:
+    """Build a pooling layer by name ('ASP', 'SAP', 'TSP', 'TAP', 'TSTP')."""
+    return POOLINGS.build(name, in_dim, **kwargs)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from mvector.errors import ConfigError
+from mvector.models.masking import conv_lengths, lengths_to_mask
+from mvector.models.pooling import POOLINGS, build_pooling
+
+NAMES = ["ASP", "SAP", "TSP", "TAP", "TSTP"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_never_changes_the_pooled_vector(name):
+    torch.manual_seed(0)
+    pool = build_pooling(name, 16).eval()
+    x = torch.randn(1, 16, 30)
+    garbage = torch.randn(1, 16, 12) * 1e3
+    batch = torch.cat([torch.cat([x, garbage], dim=-1), torch.randn(1, 16, 42)], dim=0)
+    mask = lengths_to_mask(torch.tensor([30, 42]), 42)
+    alone, padded = pool(x), pool(batch, mask)[:1]
+    assert alone.shape == (1, pool.output_dim)
+    torch.testing.assert_close(alone, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_statistics_match_direct_formulas():
+    x = torch.randn(2, 4, 25)
+    mean, var, std = x.mean(-1), x.var(-1, unbiased=False), x.std(-1, unbiased=False)
+    torch.testing.assert_close(build_pooling("TAP", 4)(x), mean)
+    torch.testing.assert_close(build_pooling("TSP", 4)(x), torch.cat([mean, var], 1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(build_pooling("TSTP", 4)(x), torch.cat([mean, std], 1), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_pooling_of_a_constant_sequence_is_that_constant():
+    x = torch.full((1, 8, 10), 3.0)
+    torch.testing.assert_close(build_pooling("SAP", 8)(x), torch.full((1, 8), 3.0))
+    torch.testing.assert_close(build_pooling("ASP", 8).eval()(x)[:, :8], torch.full((1, 8), 3.0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_are_finite_on_constant_input(name):
+    x = torch.ones(2, 8, 10, requires_grad=True)
+    build_pooling(name, 8)(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_unknown_pooling_lists_the_valid_names():
+    with pytest.raises(ConfigError) as err:
+        build_pooling("MaxPool", 8)
+    for name in POOLINGS:
+        assert name in str(err.value)
+
+
+def test_conv_lengths_match_torch_convolution():
+    for kernel, stride, padding, dilation in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 0, 2), (2, 2, 0, 1)]:
+        conv = torch.nn.Conv1d(1, 1, kernel, stride, padding, dilation)
+        for length in [9, 10, 20, 33]:
+            expected = conv(torch.zeros(1, 1, length)).shape[-1]
+            assert conv_lengths(torch.tensor([length]), kernel, stride, padding, dilation).item() == expected
