@@ -1,0 +1,231 @@
+"""YAML configs, validated when loaded.
+
+A config has six sections (dataset_conf, preprocess_conf, model_conf, loss_conf, optimizer_conf,
+train_conf). Every key is declared in ``SCHEMA`` with its type and default, so a misspelt key, a
+wrong type or an unknown class name is an error that names the key and the file, never a silent
+default. ``*_args`` dicts are checked against the constructor of the class they configure.
+"""
+import copy
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from mvector.errors import ConfigError
+from mvector.registry import check_kwargs
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple
+    default: Any = None
+    # For a class-name field: a callable returning the registry (a dict name -> class) to check it in.
+    registry: Optional[Callable[[], dict]] = None
+    # For an ``*_args`` dict: the name of the sibling field whose class these are keyword arguments of.
+    args_of: Optional[str] = None
+
+
+def _lazy(module: str, attr: str):
+    return lambda: getattr(importlib.import_module(module), attr)
+
+
+def _torch_optimizers():
+    import torch.optim
+    return {n: c for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
+            and c is not torch.optim.Optimizer}
+
+
+def _backbones():
+    from mvector.models import backbone_registry
+    return backbone_registry()
+
+
+NUM = (int, float)
+OPT_STR = (str, type(None))
+OPT_NUM = (int, float, type(None))
+OPT_INT = (int, type(None))
+
+SCHEMA = {
+    "dataset_conf": {
+        "train_list": Field((str,), "dataset/train_list.txt"),
+        "enroll_list": Field(OPT_STR, "dataset/enroll_list.txt"),
+        "trials_list": Field(OPT_STR, "dataset/trials_list.txt"),
+        "trials": Field(OPT_STR, "dataset/trials.tsv"),
+        "sample_rate": Field((int,), 16000),
+        "min_duration": Field(NUM, 0.5),
+        "max_duration": Field(NUM, 3.0),
+        "use_db_normalization": Field((bool,), True),
+        "target_db": Field(NUM, -20),
+        "do_vad": Field((bool,), False),
+        "aug_conf_path": Field(OPT_STR, "configs/augmentation.yml"),
+        "speed_perturb_as_classes": Field((bool,), False),
+        "batch_size": Field((int,), 64),
+        "num_workers": Field((int,), 4),
+        "eval_batch_size": Field((int,), 32),
+        "eval_max_duration": Field(NUM, 20.0),
+    },
+    "preprocess_conf": {
+        "feature_method": Field((str,), "Fbank", registry=_lazy("mvector.features", "FEATURIZERS")),
+        "method_args": Field((dict,), {"num_mel_bins": 80}, args_of="feature_method"),
+        "mean_norm": Field((bool,), True),
+    },
+    "model_conf": {
+        "model": Field((str,), "CAMPPlus", registry=_backbones),
+        "model_args": Field((dict,), {}, args_of="model"),
+        "classifier": Field((str,), "Cosine", registry=_lazy("mvector.models.classifier", "CLASSIFIERS")),
+        "classifier_args": Field((dict,), {}, args_of="classifier"),
+    },
+    "loss_conf": {
+        "loss": Field((str,), "AAMLoss", registry=_lazy("mvector.losses", "LOSSES")),
+        "loss_args": Field((dict,), {}, args_of="loss"),
+        # Margin ramp in epochs (fractions allowed); null keeps the loss's margin fixed.
+        "margin_scheduler_args": {
+            "enable": Field((bool,), True),
+            "initial_margin": Field(NUM, 0.0),
+            "final_margin": Field(NUM, 0.2),
+            "increase_start_epoch": Field(NUM, 2),
+            "fix_start_epoch": Field(NUM, 10),
+            "increase_type": Field((str,), "exp"),
+        },
+    },
+    "optimizer_conf": {
+        "optimizer": Field((str,), "Adam", registry=_torch_optimizers),
+        "optimizer_args": Field((dict,), {"lr": 0.001, "weight_decay": 1e-5}, args_of="optimizer"),
+        "scheduler": Field((str,), "WarmupCosineLR", registry=_lazy("mvector.lr_scheduler", "SCHEDULERS")),
+        "scheduler_args": Field((dict,), {}, args_of="scheduler"),
+    },
+    "train_conf": {
+        "max_epoch": Field((int,), 30),
+        "max_steps": Field(OPT_INT, None),
+        "amp": Field((bool,), False),
+        "amp_dtype": Field((str,), "bfloat16"),
+        "use_compile": Field((bool,), False),
+        "grad_clip": Field(OPT_NUM, 5.0),
+        "log_interval": Field((int,), 50),
+        "save_every_steps": Field(OPT_INT, 1000),
+        "eval_every_epochs": Field((int,), 1),
+        "seed": Field((int,), 1000),
+        "curation": {
+            "enable": Field((bool,), False),
+            "start_epoch": Field((int,), 5),
+            "drop_hardest": Field(NUM, 0.0),
+            "drop_easiest": Field(NUM, 0.0),
+            "loss_file": Field(OPT_STR, None),
+        },
+    },
+}
+
+CHOICES = {
+    ("train_conf", "amp_dtype"): ("bfloat16", "float16"),
+    ("loss_conf", "margin_scheduler_args", "increase_type"): ("exp", "linear"),
+}
+
+def _type_name(types):
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _coerce(value, types):
+    """Accept what YAML gives for the declared type: ints for floats, '1e-5' strings for numbers."""
+    if bool not in types and isinstance(value, bool):
+        return value, False
+    if isinstance(value, types):
+        return value, True
+    if float in types and isinstance(value, str):
+        try:
+            return float(value), True
+        except ValueError:
+            return value, False
+    return value, False
+
+
+def validate(data, schema, where: str, path=()):
+    """Return ``data`` completed with defaults; raise ConfigError on unknown keys or wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{'.'.join(path)}' must be a mapping, got {type(data).__name__}")
+    unknown = [k for k in data if k not in schema]
+    if unknown:
+        key = ".".join(path + (str(unknown[0]),))
+        raise ConfigError(f"{where}: unknown key '{key}'; valid keys here: {', '.join(schema)}")
+    out = {}
+    for key, spec in schema.items():
+        keypath = path + (key,)
+        dotted = ".".join(keypath)
+        if isinstance(spec, dict):
+            out[key] = validate(data.get(key), spec, where, keypath)
+            continue
+        value = copy.deepcopy(data[key]) if key in data else copy.deepcopy(spec.default)
+        value, ok = _coerce(value, spec.types)
+        if not ok:
+            raise ConfigError(f"{where}: '{dotted}' must be {_type_name(spec.types)}, got {value!r}")
+        choices = CHOICES.get(keypath)
+        if choices and value not in choices:
+            raise ConfigError(f"{where}: '{dotted}' must be one of {', '.join(choices)}, got {value!r}")
+        if spec.registry is not None and value not in spec.registry():
+            raise ConfigError(f"{where}: '{dotted}': unknown name '{value}'; valid names: "
+                              f"{', '.join(sorted(spec.registry()))}")
+        out[key] = value
+    for key, spec in schema.items():
+        if isinstance(spec, Field) and spec.args_of:
+            owner = schema[spec.args_of]
+            cls = owner.registry()[out[spec.args_of]]
+            check_kwargs(cls, out[key], where=f"{where}: '{'.'.join(path + (key,))}': ")
+    return out
+
+
+def parse_override(text: str):
+    """``a.b.c=value`` -> (['a','b','c'], value parsed as a YAML scalar, never eval'd)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override '{text}' has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return keys, value
+
+
+def apply_overrides(data: dict, overrides):
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{key}' is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path, overrides=None) -> dict:
+    """Read, override and validate a YAML config; the result holds every key, defaults filled in."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = apply_overrides(data, overrides)
+    return validate(data, SCHEMA, where=str(path))
+
+
+def config_from_dict(data: dict, where: str = "<config>") -> dict:
+    """Validate a config already in memory (e.g. the one stored beside a model's weights)."""
+    return validate(copy.deepcopy(data), SCHEMA, where=where)
+
+
+def save_config(config: dict, path) -> None:
+    Path(path).write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -1,0 +1,41 @@
+"""The inference graph: waveform -> features -> backbone -> embedding, built from a config."""
+import torch
+from torch import nn
+
+from mvector.features import AudioFeaturizer
+from mvector.models import build_backbone
+
+
+class SpeakerEmbedder(nn.Module):
+    """Featurizer and backbone in one module, so no caller can pair weights with another front-end."""
+
+    def __init__(self, featurizer: AudioFeaturizer, backbone: nn.Module):
+        super().__init__()
+        self.featurizer = featurizer
+        self.backbone = backbone
+
+    @property
+    def sample_rate(self) -> int:
+        return self.featurizer.sample_rate
+
+    @property
+    def embd_dim(self) -> int:
+        return self.backbone.embd_dim
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor = None) -> torch.Tensor:
+        """``waveforms[B, N]`` in [-1, 1] and sample ``lengths[B]`` -> raw embeddings ``[B, E]``."""
+        features, frame_lengths = self.featurizer(waveforms, lengths)
+        return self.backbone(features, frame_lengths if lengths is not None else None)
+
+
+def build_featurizer(config: dict) -> AudioFeaturizer:
+    pre = config["preprocess_conf"]
+    return AudioFeaturizer(pre["feature_method"], pre["method_args"], mean_norm=pre["mean_norm"])
+
+
+def build_embedder(config: dict) -> SpeakerEmbedder:
+    featurizer = build_featurizer(config)
+    model = config["model_conf"]
+    args = dict(model["model_args"])
+    backbone = build_backbone(model["model"], featurizer.feature_dim, **args)
+    return SpeakerEmbedder(featurizer, backbone)

@@ -1,0 +1,141 @@
+"""Model directories: what the trainer writes and the predictor, eval and export read.
+
+A model directory holds ``model.pth`` (weights: ``backbone.*`` and, from training, ``classifier.*``),
+``config.yml`` (the full validated config, so the directory alone rebuilds model and front-end) and
+``model.state`` (JSON: epoch, step, EER, MinDCF, threshold, margin, version, front-end). Training
+checkpoints add ``training.pth`` (optimizer, scheduler, scaler, margin scheduler and RNG states).
+Directories are written atomically: into a temporary sibling, then renamed into place.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from mvector import __version__
+from mvector.config import config_from_dict, save_config
+from mvector.errors import ConfigError, ModelMismatchError
+
+MODEL_FILE = "model.pth"
+CONFIG_FILE = "config.yml"
+STATE_FILE = "model.state"
+TRAINING_FILE = "training.pth"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_model_dir(path, weights: dict, config: dict, state: dict, training_state: dict = None,
+                   half: bool = False) -> Path:
+    """Write a model directory atomically; an existing one at ``path`` is replaced whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if half:  # fp16 storage halves shipped weights; loading casts back to float32.
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    state = dict(state, version=__version__, frontend=config["preprocess_conf"])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        torch.save(weights, tmp / MODEL_FILE)
+        save_config(config, tmp / CONFIG_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_FILE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_model_dir(path):
+    """Return ``(config, weights, state)`` of a model directory, validating what it holds."""
+    path = Path(path)
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise ConfigError(f"{path} is not a model directory: {name} is missing")
+    try:
+        raw = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path / CONFIG_FILE}: not valid YAML: {exc}") from None
+    config = config_from_dict(raw, where=str(path / CONFIG_FILE))
+    state = {}
+    if (path / STATE_FILE).is_file():
+        try:
+            state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path / STATE_FILE}: not valid JSON: {exc}") from None
+    frontend = state.get("frontend")
+    if frontend is not None and frontend != config["preprocess_conf"]:
+        raise ModelMismatchError(f"{path}: the weights were trained with front-end {frontend} but "
+                                 f"{CONFIG_FILE} says {config['preprocess_conf']}")
+    try:
+        weights = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise ModelMismatchError(f"{path / MODEL_FILE}: cannot load weights ({exc})") from None
+    return config, weights, state
+
+
+def load_state_strict(module: torch.nn.Module, weights: dict, where: str) -> None:
+    """Load ``weights`` into ``module``, failing with every missing, unexpected or mis-shaped key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in weights and weights[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s) e.g. {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensor(s) e.g. {', '.join(unexpected[:5])}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:5])}")
+    if problems:
+        raise ModelMismatchError(f"{where}: the weights do not match the model its config describes: "
+                                 + "; ".join(problems))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+def split_weights(weights: dict, prefix: str) -> dict:
+    """The ``prefix.*`` part of a flat state dict, prefix removed."""
+    start = prefix + "."
+    return {k[len(start):]: v for k, v in weights.items() if k.startswith(start)}
+
+
+def load_embedder(path, device="cpu"):
+    """Build the inference model of a model directory: ``(embedder, config, state)``, eval mode."""
+    from mvector.embedder import build_embedder
+
+    config, weights, state = read_model_dir(path)
+    embedder = build_embedder(config)
+    load_state_strict(embedder.backbone, split_weights(weights, "backbone"), str(Path(path) / MODEL_FILE))
+    return embedder.to(device).eval(), config, state
+
+
+def model_fingerprint(path) -> str:
+    """A short hash of a model's weights and front-end: embeddings of different fingerprints differ."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path / MODEL_FILE, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    digest.update((path / CONFIG_FILE).read_bytes())
+    return digest.hexdigest()[:16]

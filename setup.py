@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "mvector" / "__init__.py").read_text(encoding="utf-8"), version)
+
+setup(
+    name="mvector",
+    version=version["__version__"],
+    description="Speaker verification (voiceprint recognition) for PyTorch: features, backbones, "
+                "training, evaluation and a durable voiceprint library",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mvector", "mvector.*"]),
+    package_data={"mvector": ["pretrained/*/*", "configs/*.yml"]},
+    install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
+                      if line.strip() and not line.startswith("#")],
+    extras_require={
+        "test": ["pytest", "kaldi-native-fbank", "httpx"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Multimedia :: Sound/Audio :: Speech",
+    ],
+)
