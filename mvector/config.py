@@ -63,6 +63,9 @@ SCHEMA = {
         "speed_perturb_as_classes": Field((bool,), False),
         "batch_size": Field((int,), 64),
         "num_workers": Field((int,), 4),
+        # Decode the whole training set into memory once (int16): no per-epoch decoding, which on
+        # a GPU would starve it (Opus decoding is slow); costs 2 bytes per sample.
+        "preload": Field((bool,), False),
         "eval_batch_size": Field((int,), 32),
         "eval_max_duration": Field(NUM, 20.0),
     },
