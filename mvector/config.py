@@ -7,6 +7,7 @@ default. ``*_args`` dicts are checked against the constructor of the class they 
 """
 import copy
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -176,7 +177,20 @@ def validate(data, schema, where: str, path=()):
             owner = schema[spec.args_of]
             cls = owner.registry()[out[spec.args_of]]
             check_kwargs(cls, out[key], where=f"{where}: '{'.'.join(path + (key,))}': ")
+            _coerce_numeric_args(cls, out[key])
     return out
+
+
+def _coerce_numeric_args(cls, kwargs: dict) -> None:
+    """YAML 1.1 reads ``1e-5`` as a string: make it a float where the constructor's default is a number."""
+    params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
+    for name, value in kwargs.items():
+        default = params[name].default if name in params else None
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                kwargs[name] = float(value)
+            except ValueError:
+                pass
 
 
 def parse_override(text: str):
