@@ -1,0 +1,527 @@
+"""Speaker-embedding training: one loop for CPU, one GPU and ``torchrun`` (DDP) runs.
+
+Waveforms come from the data loader; features are computed batched on the training device, then
+SpecAugment, backbone, classifier head and loss. The LR schedule and margin schedule move every
+optimizer step, and a checkpoint holds everything that step depends on (optimizer, schedulers,
+scaler, RNG states, position in the epoch), so a run killed mid-epoch resumes at the same step
+with the same LR and margin. Rank 0 alone logs, evaluates and writes; the other ranks wait.
+"""
+import copy
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mvector.augment import SpecAugment, build_wave_augmentor
+from mvector.config import apply_overrides, config_from_dict, load_config
+from mvector.curation import check_curation_conf, curated_exclusions
+from mvector.data import SpeakerCropDataset, build_train_loader
+from mvector.distributed import init_distributed, shutdown_distributed
+from mvector.embedder import SpeakerEmbedder, build_featurizer
+from mvector.errors import ConfigError, MVectorError, ModelMismatchError
+from mvector.evaluation import evaluate_trials
+from mvector.losses import MarginScheduler, build_loss
+from mvector.lr_scheduler import SCHEDULERS
+from mvector.model_dir import (MODEL_FILE, TRAINING_FILE, load_state_strict, read_model_dir, save_model_dir,
+                               split_weights)
+from mvector.models import build_backbone
+from mvector.models.classifier import build_classifier
+
+logger = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# Names of the three parts of the weights file; the loss part exists only for losses with
+# trainable tensors (SphereFace2's bias).
+WEIGHT_PARTS = ("backbone", "classifier", "loss")
+# Set to a directory to get, per rank, the utterance indices of every batch (rank<N>.tsv):
+# the way to check which data each DDP process trained on.
+TRACE_ENV = "MVECTOR_TRACE_BATCHES"
+
+
+class TrainGraph(nn.Module):
+    """Features -> SpecAugment -> backbone -> head -> loss as one module.
+
+    The loss is inside so that DDP also synchronises the gradients of a loss's own parameters.
+    """
+
+    def __init__(self, featurizer, spec_augment, backbone, classifier, loss):
+        super().__init__()
+        self.featurizer = featurizer
+        self.spec_augment = spec_augment
+        self.backbone = backbone
+        self.classifier = classifier
+        self.loss = loss
+
+    def forward(self, waveforms, lengths, labels):
+        features, frame_lengths = self.featurizer(waveforms, lengths)
+        if self.spec_augment is not None and self.training:
+            features = self.spec_augment(features, frame_lengths)
+        embeddings = self.backbone(features, frame_lengths)
+        outputs = self.classifier(embeddings)
+        if self.loss.needs_embeddings:
+            return self.loss(outputs, labels, embeddings), outputs
+        return self.loss(outputs, labels), outputs
+
+
+def check_pairing(loss, classifier, config) -> None:
+    """A margin loss on logits, or cross-entropy on cosines, trains but learns nothing useful."""
+    if loss.input_type != classifier.output_type:
+        raise ConfigError(f"loss_conf.loss '{config['loss_conf']['loss']}' expects {loss.input_type} inputs but "
+                          f"model_conf.classifier '{config['model_conf']['classifier']}' outputs "
+                          f"{classifier.output_type}; pick a matching pair (Cosine with margin losses, "
+                          f"Linear with CELoss)")
+
+
+def model_weights(parts: dict) -> dict:
+    """The flat ``part.name -> cpu tensor`` dict saved as model.pth."""
+    weights = {}
+    for prefix, module in parts.items():
+        weights.update({f"{prefix}.{k}": v.detach().cpu() for k, v in module.state_dict().items()})
+    return weights
+
+
+def load_pretrained(parts: dict, weights: dict, allow_partial: bool = False, where: str = "pretrained"):
+    """Load every tensor of ``weights`` that fits; return one report line per tensor left out.
+
+    The classifier and loss may differ (another speaker count): their misfits are only reported.
+    A backbone misfit is a ModelMismatchError unless ``allow_partial``.
+    """
+    report, backbone_problems, loaded = [], 0, 0
+    for prefix, module in parts.items():
+        own, given = module.state_dict(), split_weights(weights, prefix)
+        fitting = {}
+        for key, tensor in own.items():
+            if key not in given:
+                report.append(f"{prefix}.{key}: not in {where}, keeps its initial value")
+            elif given[key].shape != tensor.shape:
+                report.append(f"{prefix}.{key}: shape {tuple(given[key].shape)} in {where} vs "
+                              f"{tuple(tensor.shape)} here, skipped")
+            else:
+                fitting[key] = given[key].to(tensor.dtype)
+        report += [f"{prefix}.{key}: not in this model, skipped" for key in given if key not in own]
+        if prefix == "backbone":
+            backbone_problems = len(report)
+        module.load_state_dict(fitting, strict=False)
+        loaded += len(fitting)
+    known = tuple(f"{p}." for p in parts)
+    report += [f"{key}: belongs to no part of this model, skipped" for key in weights if not key.startswith(known)]
+    if backbone_problems and not allow_partial:
+        raise ModelMismatchError(f"{where}: {backbone_problems} backbone tensor(s) do not fit this model "
+                                 f"(e.g. {report[0]}); pass --allow_partial to load the rest anyway")
+    return loaded, report
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def loader_from_batch(loader: DataLoader, skip_batches: int) -> DataLoader:
+    """The same epoch's batches as ``loader`` without its first ``skip_batches``, none of them loaded.
+
+    Valid because sampler order and per-sample crops/augmentation are functions of (seed, epoch,
+    index), so a batch holds the same samples whichever process loads it.
+    """
+    if skip_batches == 0:
+        return loader
+    batches = list(loader.batch_sampler)[skip_batches:]
+    return DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
+                      generator=loader.generator, timeout=loader.timeout)
+
+
+class MVectorTrainer:
+    """Train a speaker-embedding model from a config (a YAML path or an already loaded dict).
+
+    Checkpoints go to ``save_model_path/<model>_<feature method>/`` as model directories:
+    ``epoch_N/`` after each epoch, ``last_model/`` after each epoch and every ``save_every_steps``
+    steps, ``best_model/`` when the evaluated EER improves. VisualDL scalars go to ``log_dir``.
+    """
+
+    def __init__(self, config, overrides=None, use_gpu="auto", save_model_path="models/", log_dir="log/"):
+        if isinstance(config, dict):
+            self.config = config_from_dict(apply_overrides(copy.deepcopy(config), overrides))
+        else:
+            self.config = load_config(config, overrides)
+        self.use_gpu = use_gpu
+        conf = self.config
+        self.model_dir = Path(save_model_path) / f"{conf['model_conf']['model']}_{conf['preprocess_conf']['feature_method']}"
+        self.log_dir = Path(log_dir)
+        self.train_conf = conf["train_conf"]
+        self.amp_dtype = AMP_DTYPES[self.train_conf["amp_dtype"]]
+        self.ctx = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _log(self, message: str) -> None:
+        if self.ctx is None or self.ctx.is_main:
+            logger.info(message)
+
+    def _build(self) -> None:
+        conf, train_conf = self.config, self.train_conf
+        dataset_conf = conf["dataset_conf"]
+        train_list = Path(dataset_conf["train_list"])
+        if not train_list.is_file():
+            raise ConfigError(f"dataset_conf.train_list: training list not found: {train_list}")
+        check_curation_conf(train_conf["curation"])
+        seed = train_conf["seed"]
+        # The same seed on every rank gives every rank the same initial weights.
+        seed_everything(seed)
+        augmentor = build_wave_augmentor(dataset_conf["aug_conf_path"], dataset_conf["sample_rate"])
+        self.dataset = SpeakerCropDataset(train_list, dataset_conf, augmentor=augmentor, seed=seed)
+        self.num_classes = self.dataset.num_speakers
+        self.loader = build_train_loader(self.dataset, dataset_conf["batch_size"], dataset_conf["num_workers"],
+                                         seed=seed, distributed=self.ctx.is_distributed, drop_last=True)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"dataset_conf.batch_size: {dataset_conf['batch_size']} is more than the "
+                              f"{len(self.dataset)} training samples per process in {train_list}; no full batch")
+
+        self.featurizer = build_featurizer(conf)
+        model_conf = conf["model_conf"]
+        self.backbone = build_backbone(model_conf["model"], self.featurizer.feature_dim, **model_conf["model_args"])
+        self.classifier = build_classifier(model_conf["classifier"], self.backbone.embd_dim, self.num_classes,
+                                           **model_conf["classifier_args"])
+        self.loss = build_loss(conf["loss_conf"]["loss"], **conf["loss_conf"]["loss_args"])
+        check_pairing(self.loss, self.classifier, conf)
+        spec_augment = SpecAugment.from_config(dataset_conf["aug_conf_path"])
+        self.graph = TrainGraph(self.featurizer, spec_augment, self.backbone, self.classifier, self.loss).to(self.device)
+        self.parts = {"backbone": self.backbone, "classifier": self.classifier}
+        if self.loss.state_dict():
+            self.parts["loss"] = self.loss
+
+        opt_conf = conf["optimizer_conf"]
+        try:
+            self.optimizer = getattr(torch.optim, opt_conf["optimizer"])(self.graph.parameters(),
+                                                                          **opt_conf["optimizer_args"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"optimizer_conf.optimizer_args for {opt_conf['optimizer']}: {exc}") from None
+        self.scheduler = SCHEDULERS.build(opt_conf["scheduler"], self.optimizer, self.steps_per_epoch,
+                                          train_conf["max_epoch"], where="optimizer_conf.scheduler: ",
+                                          **opt_conf["scheduler_args"])
+        use_scaler = train_conf["amp"] and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.margin_scheduler = self._build_margin_scheduler()
+        self.evaluator = SpeakerEmbedder(self.featurizer, self.backbone)
+
+    def _build_margin_scheduler(self):
+        args = self.config["loss_conf"]["margin_scheduler_args"]
+        if not args["enable"]:
+            return None
+        if not callable(getattr(self.loss, "update", None)):
+            self._log(f"note: loss_conf.loss {type(self.loss).__name__} has no margin; "
+                      f"loss_conf.margin_scheduler_args is ignored")
+            return None
+        # The config gives the ramp in epochs (fractions allowed); the scheduler counts steps.
+        return MarginScheduler(self.loss, args["initial_margin"], args["final_margin"],
+                               int(round(args["increase_start_epoch"] * self.steps_per_epoch)),
+                               int(round(args["fix_start_epoch"] * self.steps_per_epoch)),
+                               args["increase_type"])
+
+    def _wrap(self) -> None:
+        """DDP and torch.compile, after every weight is in place (DDP broadcasts rank 0's)."""
+        self.model = self.graph
+        if self.train_conf["use_compile"]:
+            # In place, so state_dict keys keep their names and checkpoints stay plain.
+            self.backbone.compile()
+        if self.ctx.is_distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Triplet losses may leave the head unused (no class loss): DDP must be told.
+            self.model = DistributedDataParallel(self.graph, device_ids=ids,
+                                                 find_unused_parameters=self.loss.needs_embeddings)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _metrics_state(self, epoch, batches_done) -> dict:
+        return {"epoch": epoch, "epoch_step": batches_done, "step": self.global_step,
+                **{k: self.last_metrics.get(k) for k in ("eer", "min_dcf", "min_dcf_05", "threshold")},
+                "margin": getattr(self.loss, "margin", None), "lr": self.optimizer.param_groups[0]["lr"],
+                "num_classes": self.num_classes}
+
+    def _save(self, names, epoch, batches_done, epoch_complete=False) -> None:
+        """Write the model directories ``names``; every rank must call this (RNG states are gathered)."""
+        rng = self.ctx.gather(rng_state(self.device))
+        self.last_state = state = self._metrics_state(epoch, batches_done)
+        if self.ctx.is_main:
+            weights = model_weights(self.parts)
+            training = {"epoch": epoch, "batches_done": batches_done, "epoch_complete": epoch_complete,
+                        "global_step": self.global_step,
+                        "steps_per_epoch": self.steps_per_epoch, "world_size": self.ctx.world_size,
+                        "best_eer": self.best_eer, "last_metrics": self.last_metrics,
+                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict(),
+                        "margin_scheduler": self.margin_scheduler.state_dict() if self.margin_scheduler else None,
+                        "rng": rng}
+            for name in names:
+                save_model_dir(self.model_dir / name, weights, self.config, state,
+                               training if name != "best_model" else None)
+        self.ctx.barrier()
+
+    def _resume(self) -> tuple:
+        """Restore everything from last_model/; return (epoch to start, batches to skip, this rank's RNG)."""
+        path = self.model_dir / "last_model"
+        _, weights, _ = read_model_dir(path)
+        for prefix, module in self.parts.items():
+            load_state_strict(module, split_weights(weights, prefix), str(path / MODEL_FILE))
+        try:
+            training = torch.load(path / TRAINING_FILE, map_location="cpu", weights_only=False)
+        except Exception as exc:  # truncated or foreign: name the file
+            raise ModelMismatchError(f"{path / TRAINING_FILE}: cannot load training state ({exc})") from None
+        if training["steps_per_epoch"] != self.steps_per_epoch:
+            raise ConfigError(f"--resume: {path} was trained with {training['steps_per_epoch']} steps per epoch, "
+                              f"this run has {self.steps_per_epoch} (train list, batch size or process count "
+                              f"changed); the LR and margin schedules cannot continue")
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.scaler.load_state_dict(training["scaler"])
+        if self.margin_scheduler is not None and training["margin_scheduler"] is not None:
+            self.margin_scheduler.load_state_dict(training["margin_scheduler"])
+        self.global_step = training["global_step"]
+        self.best_eer = training["best_eer"]
+        self.last_metrics = training["last_metrics"]
+        rngs = training["rng"]
+        if len(rngs) != self.ctx.world_size:
+            self._log(f"note: checkpoint saved by {len(rngs)} process(es), resuming with {self.ctx.world_size}: "
+                      f"random streams restart from rank 0's")
+        rng = rngs[self.ctx.rank] if self.ctx.rank < len(rngs) else rngs[0]
+        self._log(f"resumed from {path}: epoch {training['epoch']}, {training['batches_done']}/"
+                  f"{self.steps_per_epoch} batches, step {self.global_step}, "
+                  f"lr {self.optimizer.param_groups[0]['lr']:.3g}")
+        if training["epoch_complete"]:
+            return training["epoch"] + 1, 0, rng
+        return training["epoch"], training["batches_done"], rng
+
+    def _load_pretrained(self, path, allow_partial) -> None:
+        config, weights, _ = read_model_dir(path)
+        if config["preprocess_conf"] != self.config["preprocess_conf"]:
+            message = (f"--pretrained {path}: its front-end {config['preprocess_conf']} differs from this config's "
+                       f"preprocess_conf {self.config['preprocess_conf']}")
+            if not allow_partial:
+                raise ModelMismatchError(message + "; pass --allow_partial to load it anyway")
+            self._log("warning: " + message)
+        loaded, report = load_pretrained(self.parts, weights, allow_partial, where=str(Path(path) / MODEL_FILE))
+        self._log(f"pretrained {path}: loaded {loaded} tensor(s), left out {len(report)}")
+        for line in report:
+            self._log("  " + line)
+
+    # ------------------------------------------------------------------ curation and evaluation
+
+    def _apply_curation(self, epoch) -> None:
+        curation = self.train_conf["curation"]
+        if not curation["enable"]:
+            return
+        if epoch < curation["start_epoch"]:
+            self.dataset.set_excluded([])
+            return
+        if self._excluded is None:
+            self._excluded, summary = curated_exclusions(self.dataset, curation)
+            self._log(f"curation from epoch {curation['start_epoch']}: {summary}")
+        self.dataset.set_excluded(self._excluded)
+
+    def _evaluate(self, epoch) -> dict:
+        trials = self.config["dataset_conf"]["trials"]
+        if not trials or not Path(trials).is_file():
+            if not self._warned_no_trials:
+                self._log(f"note: dataset_conf.trials {trials!r} not found; skipping evaluation")
+                self._warned_no_trials = True
+            return {}
+        self.graph.eval()
+        try:
+            metrics = evaluate_trials(self.evaluator, trials, self.config, self.device, progress=self.ctx.is_main)
+        finally:
+            self.graph.train()
+        metrics = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()}
+        self._log(f"epoch {epoch}: EER {metrics['eer']:.4f}, MinDCF {metrics['min_dcf']:.4f}, "
+                  f"threshold {metrics['threshold']:.4f} on {metrics.get('num_trials', '?')} trials")
+        return metrics
+
+    # ------------------------------------------------------------------ training
+
+    def train(self, resume=False, pretrained=None, allow_partial=False) -> dict:
+        """Train to ``max_epoch`` (or ``max_steps``); return the final model.state dict."""
+        self.ctx, self.device = init_distributed(self.use_gpu)
+        writer = None
+        try:
+            if resume and pretrained:
+                raise ConfigError("--resume and --pretrained exclude each other: a resumed run has its own weights")
+            checkpoint = self.model_dir / "last_model" / TRAINING_FILE
+            if resume and not checkpoint.is_file():  # before the slow set-up
+                raise ConfigError(f"--resume: nothing to resume: {checkpoint} not found")
+            self._build()
+            self.global_step, self.best_eer, self.last_metrics = 0, None, {}
+            self._excluded, self._warned_no_trials, self.last_state = None, False, {}
+            start_epoch, skip, rng = 1, 0, None
+            if resume:
+                start_epoch, skip, rng = self._resume()
+            elif pretrained:
+                self._load_pretrained(pretrained, allow_partial)
+            # Different seeds per rank after the weights are equal: distinct SpecAugment/dropout draws.
+            seed_everything(self.train_conf["seed"] + self.ctx.rank)
+            self._wrap()
+            if self.ctx.is_main:
+                from visualdl import LogWriter  # imported late: slow, and only rank 0 writes logs
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                writer = LogWriter(logdir=str(self.log_dir))
+            self._log(f"training {self.config['model_conf']['model']} on {self.device} x{self.ctx.world_size}: "
+                      f"{len(self.dataset)} samples, {self.num_classes} classes, {self.steps_per_epoch} steps/epoch, "
+                      f"{sum(p.numel() for p in self.graph.parameters())} parameters -> {self.model_dir}")
+            return self._run(start_epoch, skip, rng, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+            shutdown_distributed()
+
+    def _stop_step(self):
+        max_steps = self.train_conf["max_steps"]
+        return max_steps if max_steps is not None else math.inf
+
+    def _run(self, start_epoch, skip, rng, writer) -> dict:
+        max_epoch, stop_step = self.train_conf["max_epoch"], self._stop_step()
+        if self.global_step >= stop_step or start_epoch > max_epoch:
+            self._log(f"nothing to do: step {self.global_step}, max_steps {self.train_conf['max_steps']}, "
+                      f"max_epoch {max_epoch}")
+            return self._metrics_state(start_epoch - 1, len(self.loader))
+        if rng is not None:
+            set_rng_state(rng, self.device)
+        trace = self._open_trace()
+        try:
+            for epoch in range(start_epoch, max_epoch + 1):
+                self._apply_curation(epoch)
+                self.dataset.set_epoch(epoch)
+                self.loader.sampler.set_epoch(epoch)
+                skip_now = skip if epoch == start_epoch else 0
+                # A loader's iterator draws its worker seed from the global RNG, but not on every
+                # epoch (persistent workers) nor for a resumed epoch's loader alike: keep that draw
+                # out of the stream that SpecAugment and dropout use, so a resume replays it exactly.
+                with torch.random.fork_rng(devices=[]):
+                    batches = iter(loader_from_batch(self.loader, skip_now))
+                completed = self._train_epoch(epoch, batches, skip_now, len(self.loader), writer, trace)
+                if completed:
+                    self._end_epoch(epoch, writer)
+                if self.global_step >= self._stop_step():
+                    self._log(f"reached train_conf.max_steps={self.train_conf['max_steps']} in epoch {epoch}")
+                    break
+        finally:
+            if trace is not None:
+                trace.close()
+        self._log(f"done at step {self.global_step}; models in {self.model_dir}")
+        return self.last_state
+
+    def _open_trace(self):
+        directory = os.environ.get(TRACE_ENV)
+        if not directory:
+            return None
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        # Line-buffered: the trace of a killed run must hold every step it took.
+        return open(Path(directory) / f"rank{self.ctx.rank}.tsv", "a", encoding="utf-8", buffering=1)
+
+    def _train_epoch(self, epoch, batches, start_batch, epoch_batches, writer, trace) -> bool:
+        """Train one epoch from batch ``start_batch``; False when max_steps stopped it short."""
+        train_conf = self.train_conf
+        stop_step, save_every = self._stop_step(), train_conf["save_every_steps"]
+        amp = train_conf["amp"]
+        self.graph.train()
+        window_loss, window_correct, window_count, window_steps = 0.0, 0, 0, 0
+        bar = tqdm(total=epoch_batches, initial=start_batch, disable=not self.ctx.is_main,
+                   desc=f"epoch {epoch}/{train_conf['max_epoch']}", dynamic_ncols=True)
+        try:
+            for batch_index, (waveforms, lengths, labels, indices) in enumerate(batches, start=start_batch):
+                if trace is not None:
+                    trace.write(f"{self.global_step + 1}\t{','.join(str(int(i)) for i in indices)}\n")
+                waveforms = waveforms.to(self.device, non_blocking=True)
+                lengths = lengths.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
+                    loss, outputs = self.model(waveforms, lengths, labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if train_conf["grad_clip"]:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.graph.parameters(), train_conf["grad_clip"])
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.global_step += 1
+                if self.margin_scheduler is not None:
+                    self.margin_scheduler.step(self.global_step)
+
+                window_loss += loss.detach().float()
+                window_correct += (outputs.detach().argmax(dim=1) == labels).sum()
+                window_count += labels.numel()
+                window_steps += 1
+                batches_done = batch_index + 1
+                last_of_epoch = batches_done == epoch_batches
+                if window_steps == train_conf["log_interval"] or last_of_epoch:
+                    mean_loss = float(window_loss) / window_steps
+                    if not math.isfinite(mean_loss):
+                        raise MVectorError(f"training diverged: loss is {mean_loss} at step {self.global_step} "
+                                           f"(lower optimizer_conf.optimizer_args.lr or set train_conf.grad_clip)")
+                    self._log_scalars(writer, bar, mean_loss, float(window_correct) / window_count)
+                    window_loss, window_correct, window_count, window_steps = 0.0, 0, 0, 0
+                bar.update(1)
+                if last_of_epoch:
+                    break  # the end of the epoch saves
+                reached_stop = self.global_step >= stop_step
+                if reached_stop or (save_every and self.global_step % save_every == 0):
+                    self._save(["last_model"], epoch, batches_done)
+                if reached_stop:
+                    return False
+        finally:
+            bar.close()
+        return True
+
+    def _log_scalars(self, writer, bar, mean_loss, accuracy) -> None:
+        if not self.ctx.is_main:
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        margin = getattr(self.loss, "margin", None)
+        values = {"loss": mean_loss, "accuracy": accuracy, "lr": lr}
+        if margin is not None:
+            values["margin"] = margin
+        for name, value in values.items():
+            writer.add_scalar(tag=f"train/{name}", step=self.global_step, value=value)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{accuracy:.3f}", lr=f"{lr:.2e}",
+                        **({"margin": f"{margin:.3f}"} if margin is not None else {}), refresh=False)
+
+    def _end_epoch(self, epoch, writer) -> None:
+        names = [f"epoch_{epoch}", "last_model"]
+        if epoch % self.train_conf["eval_every_epochs"] == 0:
+            metrics = {}
+            if self.ctx.is_main:
+                metrics = self._evaluate(epoch)
+            self.ctx.barrier()
+            if metrics:
+                self.last_metrics = metrics
+                for name in ("eer", "min_dcf", "threshold"):
+                    writer.add_scalar(tag=f"test/{name}", step=epoch, value=float(metrics[name]))
+                if self.best_eer is None or metrics["eer"] < self.best_eer:
+                    self.best_eer = metrics["eer"]
+                    names.append("best_model")
+        # Only rank 0 knows the metrics; the others' names only decide nothing (rank 0 writes).
+        self._save(names, epoch, len(self.loader), epoch_complete=True)
+        self._log(f"epoch {epoch} done at step {self.global_step}; saved {', '.join(names)}")

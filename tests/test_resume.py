@@ -1,0 +1,138 @@
+"""A training run killed with SIGKILL mid-epoch resumes exactly where its last checkpoint was."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mvector.model_dir import read_model_dir
+from mvector.trainer import TRACE_ENV, MVectorTrainer
+from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_augmentation, write_lists
+
+SAVE_EVERY = 3
+MAX_EPOCH = 3
+
+
+def overrides(directory):
+    train_list, _ = write_lists(directory, per_speaker=15)
+    # Augmentation and SpecAugment on: the resumed run must replay their random draws too. The
+    # margin ramps across the kill point.
+    return tiny_overrides(train_list, augmentation=write_augmentation(directory), max_epoch=MAX_EPOCH,
+                          save_every_steps=SAVE_EVERY) + [
+        "loss_conf.margin_scheduler_args.increase_start_epoch=0.5",
+        "loss_conf.margin_scheduler_args.fix_start_epoch=2.5"]
+
+
+def train_command(directory, args, extra=()):
+    command = [sys.executable, "train.py", "--configs", str(BASE_CONFIG), "--use_gpu", "false",
+               "--save_model_path", str(directory / "models"), "--log_dir", str(directory / "log"), *extra]
+    for override in args:
+        command += ["--override", override]
+    return command
+
+
+def trace(directory):
+    """``{step: utterance indices}`` a run wrote to its batch trace."""
+    lines = (Path(directory) / "rank0.tsv").read_text(encoding="utf-8").splitlines()
+    return {int(step): batch for step, batch in (line.split("\t") for line in lines)}
+
+
+def read_state(path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):  # not written yet (or, briefly, being replaced)
+        return None
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    args = overrides(tmp_path)
+    # The reference: the same run, uninterrupted, in this process (one thread, as the child).
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path / "trace_full"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = MVectorTrainer(BASE_CONFIG, overrides=args, use_gpu="false",
+                                   save_model_path=tmp_path / "full" / "models", log_dir=tmp_path / "full" / "log")
+        reference.train()
+    finally:
+        torch.set_num_threads(threads)
+    steps_per_epoch = reference.steps_per_epoch
+    assert steps_per_epoch > SAVE_EVERY + 1  # so some step checkpoints fall mid-epoch
+
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", TRACE_ENV: str(tmp_path / "trace_killed")}
+    state_file = run_dir / "models" / "TDNN_Fbank" / "last_model" / "model.state"
+    child = subprocess.Popen(train_command(run_dir, args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            state = read_state(state_file)
+            # A step checkpoint inside an epoch, past the first epoch's start.
+            if state and state["step"] >= 2 * SAVE_EVERY and 0 < state["epoch_step"] < steps_per_epoch:
+                os.kill(child.pid, signal.SIGKILL)
+                killed_at = state
+                break
+            time.sleep(0.005)
+    finally:
+        if child.poll() is None and killed_at is None:
+            child.kill()
+        _, stderr = child.communicate(timeout=60)
+    assert killed_at is not None, f"the run ended (rc {child.returncode}) before a mid-epoch checkpoint:\n{stderr}"
+    assert child.returncode == -signal.SIGKILL
+    # The checkpoint on disk may be a later one than the one seen: the kill raced the next save.
+    checkpoint = read_state(state_file)
+    assert checkpoint["step"] < MAX_EPOCH * steps_per_epoch
+
+    env[TRACE_ENV] = str(tmp_path / "trace_resumed")
+    resumed = subprocess.run(train_command(run_dir, args, ["--resume"]), cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"step {checkpoint['step']}" in resumed.stderr
+
+    # It went on at the step after the checkpoint, with the very batches the reference trained on.
+    full, again = trace(tmp_path / "trace_full"), trace(tmp_path / "trace_resumed")
+    assert min(again) == checkpoint["step"] + 1 and max(again) == max(full) == MAX_EPOCH * steps_per_epoch
+    assert all(again[step] == full[step] for step in again)
+
+    _, weights, state = read_model_dir(run_dir / "models" / "TDNN_Fbank" / "last_model")
+    _, reference_weights, reference_state = read_model_dir(tmp_path / "full" / "models" / "TDNN_Fbank" / "last_model")
+    for key in ("epoch", "epoch_step", "step", "lr", "margin", "num_classes"):
+        assert state[key] == reference_state[key], key
+    # Same optimizer state, schedules and random draws: the same weights, bit for bit.
+    assert weights.keys() == reference_weights.keys()
+    for key in weights:
+        assert torch.equal(weights[key], reference_weights[key]), key
+    # Names starting with '.' are what a kill mid-save may leave: temporary or replaced directories.
+    assert sorted(p.name for p in (run_dir / "models" / "TDNN_Fbank").iterdir() if not p.name.startswith(".")) == \
+        sorted(["last_model"] + [f"epoch_{e}" for e in range(1, MAX_EPOCH + 1)])
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    result = subprocess.run(train_command(tmp_path, overrides(tmp_path), ["--resume"]), cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"train.py: error: --resume: nothing to resume: "
+        f"{tmp_path / 'models' / 'TDNN_Fbank' / 'last_model' / 'training.pth'} not found"]
+
+
+@pytest.mark.parametrize("max_steps", [5])
+def test_max_steps_stops_and_saves_last_model(tmp_path, max_steps):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = MVectorTrainer(BASE_CONFIG, overrides=overrides(tmp_path) + [f"train_conf.max_steps={max_steps}"],
+                                 use_gpu="false", save_model_path=tmp_path / "models", log_dir=tmp_path / "log")
+        state = trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    assert state["step"] == max_steps
+    _, _, saved = read_model_dir(tmp_path / "models" / "TDNN_Fbank" / "last_model")
+    assert saved["step"] == max_steps and saved["epoch"] == 1 and saved["epoch_step"] == max_steps
