@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,6 @@ from mvector.models.classifier import build_classifier
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-# Names of the three parts of the weights file; the loss part exists only for losses with
-# trainable tensors (SphereFace2's bias).
-WEIGHT_PARTS = ("backbone", "classifier", "loss")
 # Set to a directory to get, per rank, the utterance indices of every batch (rank<N>.tsv):
 # the way to check which data each DDP process trained on.
 TRACE_ENV = "MVECTOR_TRACE_BATCHES"
@@ -211,6 +209,7 @@ class MVectorTrainer:
         check_pairing(self.loss, self.classifier, conf)
         spec_augment = SpecAugment.from_config(dataset_conf["aug_conf_path"])
         self.graph = TrainGraph(self.featurizer, spec_augment, self.backbone, self.classifier, self.loss).to(self.device)
+        # The parts of model.pth; a loss part only for losses with tensors of their own (SphereFace2's bias).
         self.parts = {"backbone": self.backbone, "classifier": self.classifier}
         if self.loss.state_dict():
             self.parts["loss"] = self.loss
@@ -221,6 +220,8 @@ class MVectorTrainer:
                                                                           **opt_conf["optimizer_args"])
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"optimizer_conf.optimizer_args for {opt_conf['optimizer']}: {exc}") from None
+        # Schedules count full epochs; curated epochs are shorter, so the LR then ends a little
+        # above its floor.
         self.scheduler = SCHEDULERS.build(opt_conf["scheduler"], self.optimizer, self.steps_per_epoch,
                                           train_conf["max_epoch"], where="optimizer_conf.scheduler: ",
                                           **opt_conf["scheduler_args"])
@@ -412,8 +413,7 @@ class MVectorTrainer:
         try:
             for epoch in range(start_epoch, max_epoch + 1):
                 self._apply_curation(epoch)
-                self.dataset.set_epoch(epoch)
-                self.loader.sampler.set_epoch(epoch)
+                self.loader.sampler.set_epoch(epoch)  # the dataset's epoch too: crops and augmentation
                 skip_now = skip if epoch == start_epoch else 0
                 # A loader's iterator draws its worker seed from the global RNG, but not on every
                 # epoch (persistent workers) nor for a resumed epoch's loader alike: keep that draw
@@ -465,7 +465,11 @@ class MVectorTrainer:
                     nn.utils.clip_grad_norm_(self.graph.parameters(), train_conf["grad_clip"])
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self.scheduler.step()
+                with warnings.catch_warnings():
+                    # An fp16 step the scaler skipped (inf gradients) still counts: the schedules
+                    # follow the step count, so a resume lands on the same LR.
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    self.scheduler.step()
                 self.global_step += 1
                 if self.margin_scheduler is not None:
                     self.margin_scheduler.step(self.global_step)
