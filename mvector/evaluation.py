@@ -1,0 +1,369 @@
+"""Speaker-verification evaluation of an embedder: embeddings of a file list, then EER and MinDCF
+on a trial list (``path1<TAB>path2<TAB>1|0``) or on enrol x test lists (``path<TAB>label[<TAB>duration]``).
+
+The trainer calls ``evaluate_trials`` / ``evaluate_cross`` with its in-memory embedder after each
+epoch; ``eval.py`` calls them with a model directory's. A file that cannot be used is reported and
+its trials dropped: one bad recording never stops an evaluation of thousands.
+"""
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mvector.audio import audio_duration, load_audio
+from mvector.errors import AudioError, MVectorError
+from mvector.metrics import (AS_NORM_TOP_K, apply_as_norm, cohort_stats, cosine_score_matrix, det_curve,
+                             pair_scores, verification_metrics)
+
+logger = logging.getLogger(__name__)
+
+# Trials are scored in chunks so a list of millions never gathers millions of embedding pairs at once.
+PAIR_CHUNK = 1 << 16
+# How many unusable files the report names.
+REPORTED_FAILURES = 5
+
+
+def _read_rows(path, min_columns: int, max_columns: int, what: str, layout: str):
+    """Split a TAB-separated list into rows, paths resolved against the list's folder."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MVectorError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MVectorError(f"cannot read {what} {path}: {exc}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if not min_columns <= len(fields) <= max_columns:
+            raise MVectorError(f"{path}:{number}: expected {layout} (TAB-separated), got {line[:200]!r}")
+        rows.append((number, fields))
+    if not rows:
+        raise MVectorError(f"{what} {path} is empty")
+    return path, rows
+
+
+def _resolve(base: Path, relative: str) -> str:
+    return str(base.parent / relative) if not Path(relative).is_absolute() else relative
+
+
+def read_trials(path):
+    """``(paths1, paths2, labels[bool])`` of a trial list ``path1<TAB>path2<TAB>1|0``."""
+    path, rows = _read_rows(path, 3, 3, "trials file", "path1<TAB>path2<TAB>1|0")
+    paths1, paths2, labels = [], [], []
+    for number, (first, second, label) in rows:
+        if label.strip() not in ("0", "1"):
+            raise MVectorError(f"{path}:{number}: trial label must be 1 (same speaker) or 0, got {label!r}")
+        paths1.append(_resolve(path, first))
+        paths2.append(_resolve(path, second))
+        labels.append(label.strip() == "1")
+    return paths1, paths2, np.array(labels, dtype=bool)
+
+
+def read_labelled_list(path):
+    """``(paths, labels, durations)`` of a list ``path<TAB>label[<TAB>duration]``; durations is a dict
+    path -> seconds of the rows that give one."""
+    path, rows = _read_rows(path, 2, 3, "list", "path<TAB>label[<TAB>duration]")
+    paths, labels, durations = [], [], {}
+    for number, fields in rows:
+        audio = _resolve(path, fields[0])
+        paths.append(audio)
+        labels.append(fields[1])
+        if len(fields) == 3:
+            try:
+                durations[audio] = float(fields[2])
+            except ValueError:
+                raise MVectorError(f"{path}:{number}: duration must be a number of seconds, "
+                                   f"got {fields[2]!r}") from None
+    return paths, labels, durations
+
+
+class _AudioBatches(Dataset):
+    """Each item is one batch of utterances: decoded, cropped and padded, with the files that failed."""
+
+    def __init__(self, batches, sample_rate: int, min_samples: int, max_samples: int, normalize_db, vad: bool):
+        self.batches = batches
+        self.sample_rate = sample_rate
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.normalize_db = normalize_db
+        self.vad = vad
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        loaded, waves, failed = [], [], []
+        for path in self.batches[index]:
+            try:
+                wav = load_audio(path, target_sample_rate=self.sample_rate, normalize_db=self.normalize_db,
+                                 vad=self.vad)
+            except Exception as exc:  # any decoder failure is one bad file, not a failed evaluation
+                failed.append((path, str(exc) or type(exc).__name__))
+                continue
+            if len(wav) < self.min_samples:
+                failed.append((path, f"too short for the model: {len(wav) / self.sample_rate:.3f} s < "
+                                     f"{self.min_samples / self.sample_rate:.3f} s"))
+                continue
+            loaded.append(path)
+            waves.append(torch.from_numpy(wav[: self.max_samples]))
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        padded = pad_sequence(waves, batch_first=True) if waves else torch.zeros(0, 0)
+        return loaded, padded, lengths, failed
+
+
+def _min_samples(embedder) -> int:
+    """The fewest samples the embedder turns into an embedding on their own.
+
+    In a padded batch a model may return a (meaningless) embedding for an utterance shorter than its
+    receptive field, so such utterances are refused up front, as they would be one by one.
+    """
+    featurizer = getattr(embedder, "featurizer", None)
+    if featurizer is None or not hasattr(featurizer, "num_frames"):
+        return 1
+    frames = max(1, getattr(getattr(embedder, "backbone", None), "min_frames", 1))
+    low, high = 1, embedder.sample_rate
+    while featurizer.num_frames(high) < frames:
+        high *= 2
+    while low < high:  # frame counts grow with the sample count: bisect for the first that suffices
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if featurizer.num_frames(middle) < frames else (low, middle)
+    return low
+
+
+def _durations(paths, known: dict, failures: list):
+    """Duration of each path (from ``known`` or the file header); unreadable files go to ``failures``."""
+    durations = {}
+    for path in paths:
+        if path in known:
+            durations[path] = known[path]
+            continue
+        try:
+            durations[path] = audio_duration(path)
+        except Exception as exc:  # reported with the other unusable files
+            failures.append((path, str(exc) or type(exc).__name__))
+    return durations
+
+
+def _report_failures(failures, total: int):
+    if not failures:
+        return
+    examples = "; ".join(f"{path} ({reason})" for path, reason in failures[:REPORTED_FAILURES])
+    logger.warning("skipped %d of %d audio file(s) that could not be used, e.g. %s", len(failures), total, examples)
+
+
+def _embed_batch(embedder, paths, waves, lengths, embeddings: dict, failures: list):
+    """Embed one padded batch into ``embeddings``; a batch the model refuses (audio too short for it)
+    is retried one utterance at a time so only the offending files are reported."""
+    try:
+        vectors = F.normalize(embedder(waves, lengths).float(), dim=1).cpu().numpy()
+    except AudioError as exc:
+        if len(paths) == 1:
+            failures.append((paths[0], str(exc)))
+            return
+        for i, path in enumerate(paths):
+            _embed_batch(embedder, [path], waves[i: i + 1, : lengths[i]], lengths[i: i + 1], embeddings, failures)
+        return
+    for path, vector in zip(paths, vectors):
+        if np.isfinite(vector).all():
+            embeddings[path] = vector
+        else:
+            failures.append((path, "the model gave a non-finite embedding"))
+
+
+def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device="cpu", num_workers=2,
+                       progress=True, *, normalize_db=None, vad=False, durations=None) -> dict:
+    """Embeddings of audio files: ``{path: L2-normalised float32 embedding}``.
+
+    Utterances are sorted by duration and batched with others of similar length (padding is cut to a
+    minimum; the embedder ignores it given the lengths), cropped to their first ``max_duration``
+    seconds. ``normalize_db`` and ``vad`` are the dataset's loudness normalisation (dBFS or None) and
+    VAD settings. ``durations`` (path -> seconds, e.g. from a list's third column) saves reading
+    headers. Files that cannot be used are logged (count and first names) and absent from the result.
+    The embedder must be on ``device``; it runs in eval mode and is put back in its mode afterwards.
+    """
+    if batch_size < 1:
+        raise MVectorError(f"batch_size must be >= 1, got {batch_size}")
+    if not max_duration > 0:
+        raise MVectorError(f"max_duration must be > 0 seconds, got {max_duration}")
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    failures = []
+    lengths = _durations(unique, durations or {}, failures)
+    # Longest first: a batch too big for memory fails at once, not at the end.
+    ordered = sorted(lengths, key=lambda p: -min(lengths[p], max_duration))
+    batches = [ordered[i: i + batch_size] for i in range(0, len(ordered), batch_size)]
+    sample_rate = embedder.sample_rate
+    dataset = _AudioBatches(batches, sample_rate, _min_samples(embedder), int(round(max_duration * sample_rate)),
+                            normalize_db, vad)
+    workers = min(num_workers, len(batches))
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=torch.device(device).type == "cuda")
+
+    embeddings = {}
+    was_training = embedder.training
+    embedder.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(unique), unit="utt", desc="embeddings",
+                                          disable=not progress, leave=False) as bar:
+            for loaded, waves, wave_lengths, failed in loader:
+                failures.extend(failed)
+                if loaded:
+                    _embed_batch(embedder, loaded, waves.to(device, non_blocking=True), wave_lengths.to(device),
+                                 embeddings, failures)
+                bar.update(len(loaded) + len(failed))
+    finally:
+        embedder.train(was_training)
+    _report_failures(failures, len(unique))
+    return embeddings
+
+
+def _extraction_settings(config, batch_size, num_workers):
+    data = config["dataset_conf"]
+    return dict(batch_size=batch_size or data["eval_batch_size"], max_duration=data["eval_max_duration"],
+                num_workers=data["num_workers"] if num_workers is None else num_workers,
+                normalize_db=data["target_db"] if data["use_db_normalization"] else None, vad=data["do_vad"])
+
+
+def cohort_embeddings(embedder, cohort_list, config, device="cpu", *, batch_size=None, num_workers=None,
+                      progress=True) -> np.ndarray:
+    """AS-Norm cohort from a list ``path<TAB>label``: one L2-normalised mean embedding per speaker label."""
+    paths, labels, durations = read_labelled_list(cohort_list)
+    embeddings = extract_embeddings(embedder, paths, device=device, progress=progress, durations=durations,
+                                    **_extraction_settings(config, batch_size, num_workers))
+    speakers, _ = _speaker_means(paths, labels, embeddings)
+    if len(speakers) == 0:
+        raise MVectorError(f"AS-Norm cohort {cohort_list}: none of its files could be used")
+    return speakers
+
+
+def _speaker_means(paths, labels, embeddings):
+    """``(means[S, D], labels[S])``: the normalised mean embedding of each label's usable files."""
+    grouped = defaultdict(list)
+    for path, label in zip(paths, labels):
+        if path in embeddings:
+            grouped[label].append(embeddings[path])
+    names = list(grouped)
+    if not names:
+        return np.zeros((0, 0), dtype=np.float32), names
+    means = np.stack([np.mean(grouped[name], axis=0) for name in names])
+    return F.normalize(torch.from_numpy(means), dim=1).numpy(), names
+
+
+def _check_cohort(cohort):
+    cohort = np.asarray(cohort, dtype=np.float32)
+    if cohort.ndim != 2 or len(cohort) == 0:
+        raise MVectorError(f"AS-Norm cohort must be a non-empty [count, dim] array of embeddings, "
+                           f"got shape {cohort.shape}")
+    return cohort
+
+
+def _finish(scores, labels, skipped: int, det_plot_path) -> dict:
+    result = verification_metrics(scores, labels)
+    result.update(num_trials=int(np.size(labels)), skipped_trials=int(skipped))
+    if det_plot_path:
+        plot_det(scores, labels, det_plot_path, eer=result["eer"])
+    return result
+
+
+def evaluate_trials(embedder, trials_path, config, device="cpu", *, cohort=None, top_k=AS_NORM_TOP_K,
+                    det_plot_path=None, batch_size=None, num_workers=None, progress=True) -> dict:
+    """EER, MinDCF (p_target 0.01 and 0.05), threshold and trial counts on a trial list.
+
+    ``cohort`` (``[C, D]`` embeddings, e.g. from ``cohort_embeddings``) turns on AS-Norm. Trials with
+    a file that cannot be used are dropped and counted in ``skipped_trials``.
+    """
+    paths1, paths2, labels = read_trials(trials_path)
+    embeddings = extract_embeddings(embedder, paths1 + paths2, device=device, progress=progress,
+                                    **_extraction_settings(config, batch_size, num_workers))
+    names = list(embeddings)
+    index = {name: i for i, name in enumerate(names)}
+    first = np.array([index.get(p, -1) for p in paths1])
+    second = np.array([index.get(p, -1) for p in paths2])
+    usable = (first >= 0) & (second >= 0)
+    if not usable.any():
+        raise MVectorError(f"{trials_path}: no trial has two usable audio files")
+    first, second, labels = first[usable], second[usable], labels[usable]
+    matrix = np.stack([embeddings[name] for name in names])
+    scores = np.concatenate([pair_scores(matrix[first[i: i + PAIR_CHUNK]], matrix[second[i: i + PAIR_CHUNK]])
+                             for i in range(0, len(first), PAIR_CHUNK)])
+    if cohort is not None:
+        # Cohort statistics once per utterance, then looked up per trial.
+        mean, std = cohort_stats(cosine_score_matrix(matrix, _check_cohort(cohort)), top_k)
+        scores = apply_as_norm(scores, (mean[first], std[first]), (mean[second], std[second]))
+    skipped = int(np.count_nonzero(~usable))
+    if skipped:
+        logger.warning("%s: dropped %d trial(s) with an unusable file", trials_path, skipped)
+    return _finish(scores, labels, skipped, det_plot_path)
+
+
+def evaluate_cross(embedder, enroll_list, trials_list, config, device="cpu", *, cohort=None, top_k=AS_NORM_TOP_K,
+                   det_plot_path=None, batch_size=None, num_workers=None, progress=True) -> dict:
+    """EER and MinDCF of every speaker model against every test utterance.
+
+    A speaker model is the mean embedding of the enrol utterances of one label; a trial is a target
+    when the test utterance has the model's label. ``cohort`` turns on AS-Norm.
+    """
+    enroll_paths, enroll_labels, enroll_durations = read_labelled_list(enroll_list)
+    test_paths, test_labels, test_durations = read_labelled_list(trials_list)
+    embeddings = extract_embeddings(embedder, enroll_paths + test_paths, device=device, progress=progress,
+                                    durations={**enroll_durations, **test_durations},
+                                    **_extraction_settings(config, batch_size, num_workers))
+    models, model_labels = _speaker_means(enroll_paths, enroll_labels, embeddings)
+    tests = [(p, label) for p, label in zip(test_paths, test_labels) if p in embeddings]
+    if len(model_labels) == 0 or not tests:
+        raise MVectorError(f"{enroll_list} / {trials_list}: no usable enrol or test audio")
+    test_matrix = np.stack([embeddings[p] for p, _ in tests])
+    scores = cosine_score_matrix(models, test_matrix)
+    # Labels as integer codes: comparing millions of strings one by one would dominate the scoring.
+    codes = {label: code for code, label in enumerate(dict.fromkeys(list(model_labels) + [t for _, t in tests]))}
+    model_codes = np.array([codes[label] for label in model_labels])
+    test_codes = np.array([codes[label] for _, label in tests])
+    labels = model_codes[:, None] == test_codes[None, :]
+    if cohort is not None:
+        cohort = _check_cohort(cohort)
+        scores = apply_as_norm(scores, cohort_stats(cosine_score_matrix(models, cohort), top_k),
+                               cohort_stats(cosine_score_matrix(test_matrix, cohort), top_k))
+    skipped = len(set(enroll_labels)) * len(test_paths) - scores.size
+    if skipped:
+        logger.warning("%s / %s: dropped %d trial(s) with unusable audio", enroll_list, trials_list, skipped)
+    return _finish(scores, labels, skipped, det_plot_path)
+
+
+def plot_det(scores, labels, path, eer=None, max_points=20000):
+    """Write the DET curve (miss vs false-alarm rate on normal-deviate axes) as a PNG."""
+    # Imported here: matplotlib is slow to import and only needed when a plot is asked for.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from scipy.special import ndtri
+
+    curve = det_curve(scores, labels)
+    step = max(1, len(curve.fpr) // max_points)
+    fpr, fnr = curve.fpr[::step], curve.fnr[::step]
+    floor = 1e-5  # rates of 0 and 1 lie at infinity on these axes
+    ticks = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6])
+    figure = Figure(figsize=(5, 5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(ndtri(np.clip(fpr, floor, 1 - floor)), ndtri(np.clip(fnr, floor, 1 - floor)), label="DET")
+    if eer is not None:
+        axes.plot([ndtri(max(eer, floor))], [ndtri(max(eer, floor))], "o", label=f"EER {eer:.2%}")
+    axes.plot(ndtri(ticks[[0, -1]]), ndtri(ticks[[0, -1]]), ":", color="gray")
+    axes.set_xticks(ndtri(ticks), [f"{t:.1%}" for t in ticks], rotation=45)
+    axes.set_yticks(ndtri(ticks), [f"{t:.1%}" for t in ticks])
+    axes.set_xlim(ndtri(ticks[0]), ndtri(ticks[-1]))
+    axes.set_ylim(ndtri(ticks[0]), ndtri(ticks[-1]))
+    axes.set_xlabel("false alarm rate")
+    axes.set_ylabel("miss rate")
+    axes.grid(True, alpha=0.4)
+    axes.legend(loc="lower left")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)

@@ -1,0 +1,245 @@
+import importlib.util
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mvector.config import load_config
+from mvector.embedder import build_embedder
+from mvector.errors import MVectorError
+from mvector.evaluation import (evaluate_cross, evaluate_trials, extract_embeddings, read_labelled_list,
+                                read_trials)
+from mvector.metrics import as_norm, cosine_score_matrix, verification_metrics
+from mvector.model_dir import save_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+FINAL_LINE = re.compile(r"^EER: [0-9.]+ MinDCF: [0-9.]+ MinDCF@0\.05: [0-9.]+ threshold: -?[0-9.]+$")
+# A small TDNN keeps each forward pass cheap; it is the real front-end and backbone all the same.
+TINY = ["model_conf.model_args.channels=16", "model_conf.model_args.embd_dim=32"]
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(ROOT / "configs" / "tdnn.yml", TINY)
+
+
+@pytest.fixture(scope="module")
+def embedder(config):
+    torch.manual_seed(0)
+    return build_embedder(config).eval()
+
+
+def write_voice(path, seconds, pitch, seed, sample_rate=16000):
+    """A harmonic tone with noise: "speakers" differ in pitch, utterances in noise and length."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    wav = sum(np.sin(2 * np.pi * pitch * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
+    wav = 0.3 * wav / np.abs(wav).max() + 0.02 * rng.standard_normal(len(t))
+    sf.write(path, wav.astype(np.float32), sample_rate)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Four speakers x three utterances of 0.6-2.6 s, one corrupt file and one too short for TDNN."""
+    folder = tmp_path_factory.mktemp("corpus")
+    files = {}
+    for s, pitch in enumerate((110, 160, 220, 300)):
+        for u in range(3):
+            files[(s, u)] = write_voice(folder / f"spk{s}_{u}.wav", 0.6 + 0.35 * (s + 3 * u) / 2, pitch, 10 * s + u)
+    corrupt = folder / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(range(200)))
+    short = write_voice(folder / "short.wav", 0.05, 200, 99)
+    return folder, files, str(corrupt), short
+
+
+def test_batched_embeddings_equal_one_by_one(embedder, corpus):
+    _, files, _, _ = corpus
+    paths = list(files.values())
+    batched = extract_embeddings(embedder, paths, batch_size=5, num_workers=2, progress=False)
+    single = extract_embeddings(embedder, paths, batch_size=1, num_workers=0, progress=False)
+    assert set(batched) == set(single) == set(paths)
+    for path in paths:
+        assert batched[path].dtype == np.float32
+        assert np.linalg.norm(batched[path]) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(batched[path], single[path], atol=2e-5)
+
+
+def test_unusable_files_are_skipped_and_reported(embedder, corpus, caplog):
+    folder, files, corrupt, short = corpus
+    missing = str(folder / "missing.wav")
+    good = [files[(0, 0)], files[(1, 2)]]
+    with caplog.at_level(logging.WARNING, logger="mvector.evaluation"):
+        result = extract_embeddings(embedder, good + [corrupt, missing, short], batch_size=8, num_workers=0,
+                                    progress=False)
+    assert set(result) == set(good)
+    report = caplog.text
+    assert "skipped 3 of 5" in report
+    for name in ("corrupt.wav", "missing.wav", "short.wav"):
+        assert name in report
+    # The short file failed on its own; its batch-mates still match their single-file embeddings.
+    alone = extract_embeddings(embedder, good, batch_size=1, num_workers=0, progress=False)
+    for path in good:
+        np.testing.assert_allclose(result[path], alone[path], atol=2e-5)
+
+
+def test_long_files_are_cropped_to_max_duration(embedder, tmp_path):
+    # One voice for the first second, another after it: the crop must hear only the first.
+    first = sf.read(write_voice(tmp_path / "first.wav", 1.0, 150, 1), dtype="float32")[0]
+    rest = sf.read(write_voice(tmp_path / "rest.wav", 2.0, 300, 2), dtype="float32")[0]
+    long, head = str(tmp_path / "long.wav"), tmp_path / "head.wav"
+    sf.write(long, np.concatenate([first, rest]), 16000)
+    sf.write(head, first, 16000)
+    cropped = extract_embeddings(embedder, [long], max_duration=1.0, num_workers=0, progress=False)[long]
+    whole = extract_embeddings(embedder, [long], max_duration=20.0, num_workers=0, progress=False)[long]
+    reference = extract_embeddings(embedder, [str(head)], num_workers=0, progress=False)[str(head)]
+    np.testing.assert_allclose(cropped, reference, atol=1e-5)
+    assert not np.allclose(cropped, whole, atol=1e-3)
+
+
+def test_embedder_mode_is_restored(config, corpus):
+    _, files, _, _ = corpus
+    model = build_embedder(config).train()
+    extract_embeddings(model, [files[(0, 0)]], num_workers=0, progress=False)
+    assert model.training
+
+
+def write_trials(path, rows):
+    path.write_text("".join(f"{a}\t{b}\t{label}\n" for a, b, label in rows), encoding="utf-8")
+    return path
+
+
+def test_evaluate_trials_scores_pairs_and_drops_unusable_ones(embedder, config, corpus, tmp_path):
+    folder, files, corrupt, _ = corpus
+    rows = [(files[(s, 0)], files[(s, u)], 1) for s in range(4) for u in (1, 2)]
+    rows += [(files[(s, 1)], files[((s + d) % 4, 2)], 0) for s in range(4) for d in (1, 2)]
+    rows.append((files[(0, 0)], corrupt, 0))
+    # Relative paths resolve against the trial list's folder.
+    rows.append((Path(files[(3, 2)]).name, Path(files[(3, 1)]).name, 1))
+    trials = write_trials(folder / "trials.tsv", rows)
+    plot = tmp_path / "det" / "curve.png"
+    result = evaluate_trials(embedder, trials, config, num_workers=0, progress=False, det_plot_path=plot)
+
+    embeddings = extract_embeddings(embedder, list(files.values()), num_workers=0, progress=False)
+    usable = rows[:16] + [(files[(3, 2)], files[(3, 1)], 1)]
+    scores = np.array([embeddings[a] @ embeddings[b] for a, b, _ in usable])
+    expected = verification_metrics(scores, np.array([label for _, _, label in usable]))
+    for key in ("eer", "min_dcf", "min_dcf_05", "threshold"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-5)
+    assert result["num_trials"] == 17 and result["skipped_trials"] == 1
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # AS-Norm: against a cohort, each trial normalised as the direct formula says.
+    cohort = np.random.default_rng(0).standard_normal((12, 32)).astype(np.float32)
+    normed = evaluate_trials(embedder, trials, config, num_workers=0, progress=False, cohort=cohort, top_k=5)
+    first = np.stack([embeddings[a] for a, _, _ in usable])
+    second = np.stack([embeddings[b] for _, b, _ in usable])
+    direct = as_norm(scores, cosine_score_matrix(first, cohort), cosine_score_matrix(second, cohort), top_k=5)
+    expected = verification_metrics(direct, np.array([label for _, _, label in usable]))
+    assert normed["eer"] == pytest.approx(expected["eer"], abs=1e-5)
+    assert normed["threshold"] == pytest.approx(expected["threshold"], abs=1e-4)
+
+
+def test_evaluate_cross_scores_speaker_models_against_every_test_file(embedder, config, corpus):
+    folder, files, corrupt, _ = corpus
+    enroll = folder / "enroll.txt"
+    enroll.write_text("".join(f"{files[(s, u)]}\tspk{s}\n" for s in range(4) for u in (0, 1)), encoding="utf-8")
+    tests = folder / "tests.txt"
+    tests.write_text("".join(f"{files[(s, 2)]}\tspk{s}\t1.5\n" for s in range(4)) + f"{corrupt}\tspk0\t1.0\n",
+                     encoding="utf-8")
+    result = evaluate_cross(embedder, enroll, tests, config, num_workers=0, progress=False)
+
+    embeddings = extract_embeddings(embedder, list(files.values()), num_workers=0, progress=False)
+    models = [np.mean([embeddings[files[(s, u)]] for u in (0, 1)], axis=0) for s in range(4)]
+    scores = np.array([[m @ embeddings[files[(t, 2)]] / np.linalg.norm(m) for t in range(4)] for m in models])
+    expected = verification_metrics(scores, np.eye(4, dtype=bool))
+    for key in ("eer", "min_dcf", "min_dcf_05", "threshold"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-5)
+    assert result["num_trials"] == 16 and result["skipped_trials"] == 4
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a.wav\tb.wav\n", r"trials.tsv:1: expected path1<TAB>path2<TAB>1\|0"),
+    ("a.wav\tb.wav\t1\nc.wav\td.wav\tyes\n", r"trials.tsv:2: trial label must be 1"),
+    ("\n", "is empty"),
+])
+def test_malformed_trial_lists_name_file_and_line(tmp_path, text, match):
+    path = tmp_path / "trials.tsv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(MVectorError, match=match):
+        read_trials(path)
+
+
+def test_missing_lists_and_bad_durations_raise(tmp_path):
+    with pytest.raises(MVectorError, match="trials file not found"):
+        read_trials(tmp_path / "nope.tsv")
+    bad = tmp_path / "list.txt"
+    bad.write_text("a.wav\tspk\tlong\n", encoding="utf-8")
+    with pytest.raises(MVectorError, match="list.txt:1: duration must be a number"):
+        read_labelled_list(bad)
+
+
+@pytest.fixture(scope="module")
+def model_dir(config, tmp_path_factory):
+    torch.manual_seed(1)
+    model = build_embedder(config)
+    weights = {"backbone." + k: v for k, v in model.backbone.state_dict().items()}
+    return save_model_dir(tmp_path_factory.mktemp("models") / "tiny", weights, config, {"epoch": 0})
+
+
+def load_eval_script():
+    spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_script_end_to_end_on_dev_trials(model_dir, tmp_path):
+    if not (DEV / "trials.tsv").is_file():
+        pytest.skip(f"shared dev data not found at {DEV}")
+    rows = [line.split("\t") for line in (DEV / "trials.tsv").read_text(encoding="utf-8").splitlines()]
+    picked = [r for r in rows if r[2] == "1"][:3] + [r for r in rows if r[2] == "0"][:6]
+    trials = write_trials(tmp_path / "trials.tsv", [(DEV / a, DEV / b, label) for a, b, label in picked])
+    done = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model_dir", str(model_dir),
+                           "--trials", str(trials), "--num_workers", "0", "--no_progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert FINAL_LINE.match(lines[-1]), lines[-1]
+
+
+@pytest.mark.parametrize("problem", ["missing model dir", "missing trials", "malformed trials", "half a pair"])
+def test_eval_script_reports_bad_input_in_one_line(model_dir, tmp_path, capsys, problem):
+    malformed = tmp_path / "bad.tsv"
+    malformed.write_text("only-one-column\n", encoding="utf-8")
+    argv = {
+        "missing model dir": ["--model_dir", str(tmp_path / "no_such_model"), "--trials", str(malformed)],
+        "missing trials": ["--model_dir", str(model_dir), "--trials", str(tmp_path / "none.tsv")],
+        "malformed trials": ["--model_dir", str(model_dir), "--trials", str(malformed)],
+        "half a pair": ["--model_dir", str(model_dir), "--enroll_list", str(malformed)],
+    }[problem]
+    assert load_eval_script().main(argv + ["--no_progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("eval.py: error: "), err
+    assert {"missing model dir": "model directory not found", "missing trials": "trials file not found",
+            "malformed trials": "bad.tsv:1", "half a pair": "go together"}[problem] in err[0]
+
+
+def test_eval_script_without_model_dir_needs_a_shipped_model(tmp_path, capsys):
+    script = load_eval_script()
+    try:
+        script.default_model_dir()
+        pytest.skip("a pretrained model is shipped: the default applies")
+    except MVectorError:
+        pass
+    assert script.main(["--trials", str(tmp_path / "t.tsv"), "--no_progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("eval.py: error: no --model_dir given and no pretrained model"), err
