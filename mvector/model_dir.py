@@ -34,11 +34,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def recover_model_dir(path) -> None:
+    """Finish what a save killed between its two renames left: the previous directory set aside.
+
+    A directory cannot be replaced by a rename in one step, so a save moves the old one to
+    ``.<name>.old-<pid>`` first; if the process dies right then, the old one is moved back here.
+    Temporary directories of saves that never completed are removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not path.exists() and olds:
+        os.replace(olds.pop(), path)
+    for stale in olds + list(path.parent.glob(f".{path.name}.tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_model_dir(path, weights: dict, config: dict, state: dict, training_state: dict = None,
                    half: bool = False) -> Path:
     """Write a model directory atomically; an existing one at ``path`` is replaced whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_model_dir(path)
     if half:  # fp16 storage halves shipped weights; loading casts back to float32.
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     state = dict(state, version=__version__, frontend=config["preprocess_conf"])
@@ -69,6 +87,7 @@ def save_model_dir(path, weights: dict, config: dict, state: dict, training_stat
 def read_model_dir(path):
     """Return ``(config, weights, state)`` of a model directory, validating what it holds."""
     path = Path(path)
+    recover_model_dir(path)
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise ConfigError(f"{path} is not a model directory: {name} is missing")

@@ -31,8 +31,8 @@ from mvector.errors import ConfigError, MVectorError, ModelMismatchError
 from mvector.evaluation import evaluate_trials
 from mvector.losses import MarginScheduler, build_loss
 from mvector.lr_scheduler import SCHEDULERS
-from mvector.model_dir import (MODEL_FILE, TRAINING_FILE, load_state_strict, read_model_dir, save_model_dir,
-                               split_weights)
+from mvector.model_dir import (MODEL_FILE, TRAINING_FILE, load_state_strict, read_model_dir, recover_model_dir,
+                               save_model_dir, split_weights)
 from mvector.models import build_backbone
 from mvector.models.classifier import build_classifier
 
@@ -371,6 +371,9 @@ class MVectorTrainer:
             if resume and pretrained:
                 raise ConfigError("--resume and --pretrained exclude each other: a resumed run has its own weights")
             checkpoint = self.model_dir / "last_model" / TRAINING_FILE
+            if resume and self.ctx.rank == 0:
+                recover_model_dir(checkpoint.parent)
+            self.ctx.barrier()
             if resume and not checkpoint.is_file():  # before the slow set-up
                 raise ConfigError(f"--resume: nothing to resume: {checkpoint} not found")
             self._build()

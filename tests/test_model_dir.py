@@ -1,0 +1,83 @@
+import os
+
+import pytest
+import torch
+
+from mvector.config import load_config
+from mvector.embedder import build_embedder
+from mvector.errors import ConfigError, ModelMismatchError
+from mvector.model_dir import load_embedder, read_model_dir, save_model_dir
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tdnn.yml")
+
+
+def tiny_config(**overrides):
+    extra = [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(CONFIG, overrides=["model_conf.model_args.channels=32",
+                                          "preprocess_conf.method_args.num_mel_bins=40"] + extra)
+
+
+def save_tiny(path, config=None, half=False):
+    config = config or tiny_config()
+    embedder = build_embedder(config)
+    weights = {f"backbone.{k}": v for k, v in embedder.backbone.state_dict().items()}
+    save_model_dir(path, weights, config, {"threshold": 0.5}, half=half)
+    return embedder
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path):
+    original = save_tiny(tmp_path / "m").eval()
+    loaded, config, state = load_embedder(tmp_path / "m")
+    assert state["threshold"] == 0.5 and state["frontend"] == config["preprocess_conf"]
+    wave = torch.randn(1, 16000)
+    torch.testing.assert_close(loaded(wave), original(wave))
+
+
+def test_half_storage_loads_as_float32(tmp_path):
+    save_tiny(tmp_path / "m", half=True)
+    assert all(v.dtype in (torch.float16, torch.int64) for v in torch.load(tmp_path / "m" / "model.pth").values())
+    loaded, _, _ = load_embedder(tmp_path / "m")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_a_config_that_does_not_match_the_weights_names_the_tensor(tmp_path):
+    save_tiny(tmp_path / "m")
+    text = (tmp_path / "m" / "config.yml").read_text().replace("channels: 32", "channels: 64")
+    (tmp_path / "m" / "config.yml").write_text(text)
+    with pytest.raises(ModelMismatchError, match="shape mismatch"):
+        load_embedder(tmp_path / "m")
+
+
+def test_a_changed_front_end_is_refused(tmp_path):
+    save_tiny(tmp_path / "m")
+    text = (tmp_path / "m" / "config.yml").read_text().replace("num_mel_bins: 40", "num_mel_bins: 41")
+    (tmp_path / "m" / "config.yml").write_text(text)
+    with pytest.raises(ModelMismatchError, match="front-end"):
+        read_model_dir(tmp_path / "m")
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="not a model directory"):
+        read_model_dir(tmp_path / "absent")
+    save_tiny(tmp_path / "m")
+    (tmp_path / "m" / "model.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelMismatchError, match="model.pth"):
+        read_model_dir(tmp_path / "m")
+
+
+def test_a_save_killed_between_its_renames_is_recovered(tmp_path):
+    save_tiny(tmp_path / "m")
+    # What a SIGKILL right after the old directory was set aside leaves behind.
+    os.replace(tmp_path / "m", tmp_path / ".m.old-123")
+    (tmp_path / ".m.tmp-abc").mkdir()
+    _, _, state = read_model_dir(tmp_path / "m")
+    assert state["threshold"] == 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_saving_over_an_existing_directory_replaces_it_whole(tmp_path):
+    save_tiny(tmp_path / "m")
+    (tmp_path / "m" / "stale.txt").write_text("old")
+    save_tiny(tmp_path / "m")
+    assert not (tmp_path / "m" / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
