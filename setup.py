@@ -20,7 +20,7 @@ setup(
     install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
     extras_require={
-        "test": ["pytest", "kaldi-native-fbank", "httpx"],
+        "test": ["pytest", "kaldi-native-fbank", "httpx", "onnx", "onnxscript", "onnxruntime"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
     classifiers=[

@@ -1,0 +1,24 @@
+"""Export a model directory for deployment: ONNX and/or TorchScript (or a torch.export program),
+the feature front-end inside the graph, config.yml and model.state written beside.
+
+    python export_model.py --model_dir models/CAMPPlus_Fbank/best_model --out_dir exported/ --formats onnx,torchscript
+"""
+import argparse
+import sys
+
+from mvector.cli import export, run_cli
+from mvector.export import DEFAULT_FORMATS, EXPORT_FORMATS
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="model directory to export")
+    parser.add_argument("--out_dir", default="exported/", help="where to write the exported model")
+    parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                        help=f"comma-separated, from: {', '.join(EXPORT_FORMATS)}")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    sys.exit(run_cli(export, args.model_dir, args.out_dir, args.formats))

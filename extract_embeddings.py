@@ -1,0 +1,27 @@
+"""Embeddings of every file in a list, saved as .npz with arrays `paths` and `embeddings`.
+
+The list has one audio path per line, or `path<TAB>label...` (first column used); relative paths
+are relative to the list's folder. Unusable files are reported and skipped.
+
+    python extract_embeddings.py --list dataset/enroll_list.txt --out enroll.npz [--model_dir models/...]
+"""
+import argparse
+import sys
+
+from mvector.cli import extract, run_cli
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", required=True, help="file list: one path per line, or path<TAB>label")
+    parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
+    parser.add_argument("--batch_size", type=int, default=16, help="utterances per forward pass")
+    parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    sys.exit(run_cli(extract, args.list, args.out, model_dir=args.model_dir, batch_size=args.batch_size,
+                     use_gpu=args.use_gpu))

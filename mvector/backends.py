@@ -1,0 +1,106 @@
+"""Inference backends: what turns a padded batch of waveforms into raw embeddings.
+
+Every backend is built from a model directory and called as
+``backend(waveforms[B, N] float32, lengths[B] int64) -> embeddings[B, E] float32`` (numpy in, numpy
+out), with ``sample_rate``, ``embd_dim``, ``config``, ``state`` and ``fingerprint()``. The feature
+front-end is inside each one, so the predictor never pairs weights with another front-end.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvector.embedder import build_featurizer
+from mvector.errors import MVectorError, ModelMismatchError
+from mvector.model_dir import load_embedder, model_fingerprint, read_model_dir
+from mvector.registry import Registry
+
+BACKENDS = Registry("inference backend")
+
+# Names written by mvector.export and looked up here.
+ONNX_FILE = "model.onnx"
+INPUT_NAMES = ("waveforms", "lengths")
+OUTPUT_NAME = "embeddings"
+
+ONNX_INSTALL_HINT = "ONNX needs onnx, onnxscript and onnxruntime: pip install 'mvector[onnx]'"
+
+
+def torch_device(use_gpu: bool) -> torch.device:
+    if not use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise MVectorError("use_gpu=True but no CUDA GPU is available (torch.cuda.is_available() is False); "
+                           "run on the CPU with use_gpu=False")
+    return torch.device("cuda")
+
+
+@BACKENDS.register(name="torch")
+class TorchBackend:
+    """The model directory's SpeakerEmbedder (features + backbone, eval mode) on the CPU or a GPU."""
+
+    def __init__(self, model_dir, use_gpu: bool = False):
+        self.model_dir = Path(model_dir)
+        self.device = torch_device(use_gpu)
+        self.embedder, self.config, self.state = load_embedder(self.model_dir, self.device)
+        self.sample_rate = self.embedder.sample_rate
+        self.embd_dim = self.embedder.embd_dim
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model_dir)
+
+    def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            embeddings = self.embedder(torch.from_numpy(waveforms).to(self.device),
+                                       torch.from_numpy(lengths).to(self.device))
+        return embeddings.float().cpu().numpy()
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MVectorError(f"onnxruntime is not installed; {ONNX_INSTALL_HINT}") from None
+    return onnxruntime
+
+
+@BACKENDS.register(name="onnx")
+class OnnxBackend:
+    """An exported ONNX graph (``mvector.export``, front-end inside) run by ONNX Runtime.
+
+    ``onnx_path`` defaults to ``model.onnx`` in the model directory. The directory's weights,
+    config and state are still read: they validate the front-end and give the fingerprint, so
+    voiceprints enrolled with either backend stay comparable.
+    """
+
+    def __init__(self, model_dir, use_gpu: bool = False, onnx_path=None):
+        ort = import_onnxruntime()
+        self.model_dir = Path(model_dir)
+        self.config, _, self.state = read_model_dir(self.model_dir)
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else self.model_dir / ONNX_FILE
+        if not self.onnx_path.is_file():
+            raise MVectorError(f"{self.onnx_path}: ONNX file not found; write it with "
+                               f"export_model.py --model_dir {self.model_dir} or pass onnx_path")
+        provider = "CUDAExecutionProvider" if use_gpu else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            raise MVectorError(f"use_gpu={use_gpu}: ONNX Runtime has no {provider} here "
+                               f"(available: {', '.join(ort.get_available_providers())})")
+        try:
+            self.session = ort.InferenceSession(str(self.onnx_path), providers=[provider])
+        except Exception as exc:  # corrupt or foreign file: name it
+            raise ModelMismatchError(f"{self.onnx_path}: cannot load the ONNX model ({exc})") from None
+        inputs = tuple(i.name for i in self.session.get_inputs())
+        outputs = tuple(o.name for o in self.session.get_outputs())
+        if inputs != INPUT_NAMES or outputs != (OUTPUT_NAME,):
+            raise ModelMismatchError(f"{self.onnx_path}: expected inputs {INPUT_NAMES} and output {OUTPUT_NAME!r}, "
+                                     f"got inputs {inputs} and outputs {outputs}; was it written by mvector.export?")
+        self.sample_rate = build_featurizer(self.config).sample_rate
+        self.embd_dim = self.session.get_outputs()[0].shape[1]
+        if not isinstance(self.embd_dim, int):
+            raise ModelMismatchError(f"{self.onnx_path}: the embedding size is not fixed in the graph")
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model_dir)
+
+    def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        feeds = dict(zip(INPUT_NAMES, (waveforms, lengths.astype(np.int64, copy=False))))
+        return self.session.run([OUTPUT_NAME], feeds)[0]

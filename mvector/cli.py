@@ -1,0 +1,123 @@
+"""What the command-line scripts run once they have parsed their arguments.
+
+``run_cli`` turns our errors into one line on stderr and exit status 2, so a bad recording or a
+missing model never shows the user a traceback.
+"""
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from mvector.errors import ConfigError, MVectorError
+
+# Exit status of a command that failed on its input (argparse uses the same for bad arguments).
+EXIT_ERROR = 2
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def run_cli(command, *args, **kwargs) -> int:
+    """Run ``command``; returns the process exit status. Warnings are shown as one line each."""
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            command(*args, **kwargs)
+    except (MVectorError, OSError) as exc:  # OSError: e.g. an output folder that cannot be written
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False):
+    """Print the similarity of two recordings and the same-speaker decision."""
+    from mvector.predict import MVectorPredictor
+
+    predictor = MVectorPredictor(model_dir=model_dir, threshold=threshold, use_gpu=use_gpu)
+    same, score = predictor.verify(audio_path1, audio_path2)
+    print(f"similarity: {score:.4f}  threshold: {predictor.threshold:.4f}  same speaker: {'yes' if same else 'no'}")
+
+
+def export(model_dir, out_dir, formats):
+    from mvector.export import export_model
+
+    for name, path in export_model(model_dir, out_dir, formats).items():
+        print(f"{name}: {path}")
+
+
+def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True):
+    """Embed every file of a list into an .npz; unusable files are reported on stderr and skipped."""
+    from mvector.extract import describe_failures, extract_to_npz
+    from mvector.predict import MVectorPredictor
+
+    predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu, batch_size=batch_size)
+    written, total, failures = extract_to_npz(predictor, list_path, out_path, progress=progress)
+    if failures:
+        print(describe_failures(failures, total), file=sys.stderr)
+    print(f"wrote {written} embedding(s) of size {predictor.embd_dim} to {out_path}")
+
+
+def voice_like_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
+    """A voice-like test tone: a 140 Hz glottal-ish harmonic series with slow vibrato, plus noise."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    phase = 2 * np.pi * np.cumsum(140 + 10 * np.sin(2 * np.pi * 3 * t)) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 20))
+    noise = np.random.default_rng(0).standard_normal(len(t))
+    return (0.1 * voice + 0.005 * noise).astype(np.float32)
+
+
+def quick_check(model_dir=None, audio_path1=None, audio_path2=None, use_gpu=False, repeats=3):
+    """``python -m mvector``: compare two recordings when given, else time one embedding of a test
+    signal; without a model (none given, none shipped) with the default config's model, random weights."""
+    import torch
+
+    from mvector import __version__
+    from mvector.pretrained import default_model_dir
+    from mvector.predict import MVectorPredictor
+
+    if (audio_path1 is None) != (audio_path2 is None):
+        raise ConfigError("give both --audio_path1 and --audio_path2, or neither")
+    if audio_path1 is not None:
+        contrast(audio_path1, audio_path2, model_dir=model_dir, use_gpu=use_gpu)
+        return
+    if model_dir is None:
+        try:
+            model_dir = default_model_dir()
+        except MVectorError:
+            pass  # no shipped model yet: the check still exercises features and backbone
+    if model_dir is not None:
+        predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu)
+        embed, sample_rate, what = predictor.predict, predictor.sample_rate, f"model {predictor.model_dir}"
+    else:
+        from mvector.backends import torch_device
+        from mvector.config import config_from_dict
+        from mvector.embedder import build_embedder
+
+        config = config_from_dict({})
+        device = torch_device(use_gpu)
+        embedder = build_embedder(config).to(device).eval()
+        sample_rate = embedder.sample_rate
+        what = f"{config['model_conf']['model']} with random weights (no pretrained model is shipped yet)"
+
+        def embed(signal, rate):
+            with torch.inference_mode():
+                return embedder(torch.from_numpy(signal)[None].to(device))[0].cpu().numpy()
+
+    signal = voice_like_signal(sample_rate)
+    embedding = embed(signal, sample_rate)  # the first call pays one-off allocation costs
+    start = time.perf_counter()
+    for _ in range(repeats):
+        embedding = embed(signal, sample_rate)
+    seconds = (time.perf_counter() - start) / repeats
+    if not np.isfinite(embedding).all():
+        raise MVectorError(f"{what}: produced a non-finite embedding of the test signal")
+    duration = len(signal) / sample_rate
+    print(f"mvector {__version__}: {what}")
+    print(f"embedding size {embedding.shape[-1]}; {duration:.1f} s of audio embedded in {seconds * 1000:.1f} ms "
+          f"({duration / seconds:.0f}x real time)")

@@ -1,0 +1,158 @@
+"""Export a model directory's embedder, feature front-end included, for deployment.
+
+Formats (``EXPORT_FORMATS``): ``onnx`` (``model.onnx``, through ``torch.export`` and the dynamo ONNX
+exporter; run it with ``MVectorPredictor(model_dir=out_dir, backend='onnx')``), ``torchscript``
+(``model.torchscript.pt``, ``torch.jit.trace``; ``torch.jit.load`` runs it) and ``pt2`` (``model.pt2``,
+a ``torch.export`` program; ``torch.export.load(path).module()`` runs it). Every graph maps
+``waveforms[B, N]`` float32 (mono at the config's sample rate, loudness-normalised as the config says)
+and ``lengths[B]`` int64 to raw embeddings ``[B, E]``, with batch and time axes dynamic. The output
+directory also receives the model directory's files (model.pth, config.yml, model.state), so it is a
+complete model directory: config and state travel with the graphs.
+
+Each written graph is loaded back and checked against PyTorch on a batch of lengths other than
+those it was traced with.
+"""
+import math
+import shutil
+import warnings
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+from mvector import features
+from mvector.backends import INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME, import_onnxruntime
+from mvector.errors import ConfigError, MVectorError
+from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder
+from mvector.predict import MIN_DURATION
+from mvector.registry import Registry
+
+EXPORT_FORMATS = Registry("export format")
+DEFAULT_FORMATS = ("onnx", "torchscript")
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+PT2_FILE = "model.pt2"
+# An exported graph whose embeddings are further than this from PyTorch's is a failed export.
+MIN_COSINE = 0.9999
+# Traced with one batch, checked with another: different batch size and lengths catch axes frozen by tracing.
+TRACE_SECONDS = (2.0, 1.3)
+CHECK_SECONDS = (3.1, MIN_DURATION, 2.2)
+
+
+def _waveform_batch(seconds, sample_rate: int, seed: int):
+    """A padded batch of noise at speech-like level, with its lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([math.ceil(s * sample_rate) for s in seconds], dtype=torch.long)
+    waves = 0.1 * torch.randn(len(seconds), int(lengths.max()), generator=generator)
+    waves = torch.where(torch.arange(waves.shape[1]) < lengths[:, None], waves, torch.zeros(()))
+    return waves, lengths
+
+
+def _trusting_batch_check(waveforms, lengths, owner):
+    """Stand-in for ``features._check_batch`` while tracing for torch.export: the original reads the
+    values of ``lengths`` (a data-dependent branch torch.export cannot trace). Callers of the exported
+    graph pass lengths they computed themselves, as the predictor does; clamping keeps them in range."""
+    return waveforms, lengths.to(torch.long).clamp(0, waveforms.shape[1])
+
+
+class _Exporter:
+    """Exports one embedder; the torch.export program is made once and shared by onnx and pt2."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self.sample_rate = embedder.sample_rate
+        self.example = _waveform_batch(TRACE_SECONDS, self.sample_rate, seed=0)
+        self.check = _waveform_batch(CHECK_SECONDS, self.sample_rate, seed=1)
+        with torch.inference_mode():
+            self.reference = embedder(*self.check)
+        self._program = None
+
+    def program(self):
+        if self._program is None:
+            batch = torch.export.Dim("batch", min=1)
+            samples = torch.export.Dim("samples", min=math.ceil(MIN_DURATION * self.sample_rate))
+            shapes = {"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}}
+            with mock.patch.object(features, "_check_batch", _trusting_batch_check):
+                self._program = torch.export.export(self.embedder, self.example, dynamic_shapes=shapes, strict=False)
+        return self._program
+
+    def verify(self, path: Path, embeddings) -> None:
+        got = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        if got.shape != self.reference.shape or not torch.isfinite(got).all():
+            raise MVectorError(f"{path}: the exported graph returned shape {tuple(got.shape)}, expected "
+                               f"{tuple(self.reference.shape)} finite embeddings")
+        cosine = torch.nn.functional.cosine_similarity(got, self.reference, dim=1).min().item()
+        if cosine < MIN_COSINE:
+            raise MVectorError(f"{path}: the exported graph disagrees with PyTorch (cosine {cosine:.6f} "
+                               f"< {MIN_COSINE})")
+
+
+@EXPORT_FORMATS.register(name="onnx")
+def export_onnx(exporter: _Exporter, out_dir: Path) -> Path:
+    ort = import_onnxruntime()
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise MVectorError(f"{module} is not installed; {ONNX_INSTALL_HINT}") from None
+    path = out_dir / ONNX_FILE
+    with warnings.catch_warnings():
+        # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
+        torch.onnx.export(exporter.program(), exporter.example, str(path), input_names=list(INPUT_NAMES),
+                          output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    waves, lengths = exporter.check
+    exporter.verify(path, session.run([OUTPUT_NAME], {INPUT_NAMES[0]: waves.numpy(),
+                                                       INPUT_NAMES[1]: lengths.numpy()})[0])
+    return path
+
+
+@EXPORT_FORMATS.register(name="torchscript")
+def export_torchscript(exporter: _Exporter, out_dir: Path) -> Path:
+    path = out_dir / TORCHSCRIPT_FILE
+    with warnings.catch_warnings():
+        # Tracing warns at the Python-side input checks it cannot record and that torch.jit is
+        # deprecated (the pt2 format is its successor); the check below is what counts.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")
+        traced = torch.jit.trace(exporter.embedder, exporter.example, check_trace=False)
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path))
+    with torch.inference_mode():
+        exporter.verify(path, loaded(*exporter.check))
+    return path
+
+
+@EXPORT_FORMATS.register(name="pt2")
+def export_pt2(exporter: _Exporter, out_dir: Path) -> Path:
+    path = out_dir / PT2_FILE
+    torch.export.save(exporter.program(), str(path))
+    with torch.inference_mode():
+        exporter.verify(path, torch.export.load(str(path)).module()(*exporter.check))
+    return path
+
+
+def parse_formats(formats) -> list:
+    """``'onnx,torchscript'`` or a list of names -> validated list of format names."""
+    names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"no export format given; valid formats: {', '.join(EXPORT_FORMATS)}")
+    for name in names:
+        EXPORT_FORMATS.get_class(name, where="export: ")
+    return list(dict.fromkeys(names))
+
+
+def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS) -> dict:
+    """Export ``model_dir`` into ``out_dir`` in each of ``formats``; returns ``{format: path}``."""
+    names = parse_formats(formats)
+    embedder, _, _ = load_embedder(model_dir, "cpu")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.resolve() != model_dir.resolve():
+        for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, out_dir / name)
+    exporter = _Exporter(embedder)
+    return {name: EXPORT_FORMATS[name](exporter, out_dir) for name in names}

@@ -1,0 +1,21 @@
+"""Pretrained model directories shipped inside the package (``mvector/pretrained/<name>/``).
+
+A shipped model is an ordinary model directory (``model.pth``, ``config.yml``, ``model.state``,
+see ``mvector.model_dir``); ``setup.py`` packages everything under ``pretrained/*/``.
+"""
+from pathlib import Path
+
+from mvector.errors import MVectorError
+from mvector.model_dir import MODEL_FILE
+
+# The model MVectorPredictor uses when no model_dir is given.
+DEFAULT_MODEL_NAME = "CAMPPlus_Fbank"
+
+
+def default_model_dir() -> Path:
+    """The packaged default model directory; MVectorError while none is shipped."""
+    path = Path(__file__).resolve().parent / DEFAULT_MODEL_NAME
+    if not (path / MODEL_FILE).is_file():
+        raise MVectorError("no pretrained model is shipped yet; pass model_dir "
+                           f"(a directory written by training, e.g. --model_dir models/{DEFAULT_MODEL_NAME})")
+    return path

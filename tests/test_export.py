@@ -1,0 +1,118 @@
+"""Exported graphs (ONNX, TorchScript, torch.export) give PyTorch's embeddings on real speech."""
+import numpy as np
+import pytest
+import torch
+
+from mvector.backends import ONNX_FILE
+from mvector.cli import export, run_cli
+from mvector.errors import ConfigError, ModelMismatchError, MVectorError
+from mvector.export import PT2_FILE, TORCHSCRIPT_FILE, export_model
+from mvector.predict import MVectorPredictor
+from predict_helpers import dev_files, make_model_dir
+
+COS = 0.9999
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("model") / "m", state={"threshold": 0.42})
+
+
+@pytest.fixture(scope="module")
+def torch_predictor(model_dir):
+    return MVectorPredictor(model_dir)
+
+
+@pytest.fixture(scope="module")
+def speech(torch_predictor):
+    """Real recordings of different lengths as the model hears them, and PyTorch's embeddings."""
+    waves = [torch_predictor.load(f) for f in dev_files(5)]
+    return waves, torch_predictor.embed_waveforms(waves)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(model_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path_factory.mktemp("exported") / "onnx"
+    written = export_model(model_dir, out, "onnx,pt2")  # pt2 reuses the torch.export program ONNX needs
+    assert written == {"onnx": out / ONNX_FILE, "pt2": out / PT2_FILE}
+    return out
+
+
+def padded(waves):
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for row, wav in zip(batch, waves):
+        row[: len(wav)] = torch.from_numpy(wav)
+    return batch, lengths
+
+
+def assert_same_embeddings(got, expected):
+    got = torch.nn.functional.normalize(torch.as_tensor(np.asarray(got)), dim=1).numpy()
+    cosines = np.sum(got * expected, axis=1)
+    assert cosines.min() > COS, cosines
+
+
+def test_onnx_runtime_matches_pytorch_on_real_speech(onnx_dir, speech):
+    waves, expected = speech
+    predictor = MVectorPredictor(onnx_dir, backend="onnx", batch_size=2)  # padded batches of unequal lengths
+    assert predictor.threshold == 0.42  # config and state travel with the graph
+    assert_same_embeddings(predictor.embed_waveforms(waves), expected)
+
+
+def test_onnx_graph_has_dynamic_batch_and_time_axes_and_the_front_end_inside(onnx_dir):
+    import onnx
+    import onnxruntime as ort
+
+    inputs = ort.InferenceSession(str(onnx_dir / ONNX_FILE)).get_inputs()
+    assert [i.name for i in inputs] == ["waveforms", "lengths"]
+    waveforms, lengths = inputs[0].shape, inputs[1].shape
+    assert all(isinstance(d, str) for d in waveforms) and lengths == waveforms[:1]
+    # The Fbank front-end's rfft is in the graph: it takes waveforms, not features.
+    assert "DFT" in {node.op_type for node in onnx.load(str(onnx_dir / ONNX_FILE)).graph.node}
+
+
+def test_exported_directory_is_a_complete_model_directory(onnx_dir, model_dir):
+    for name in ("model.pth", "config.yml", "model.state"):
+        assert (onnx_dir / name).read_bytes() == (model_dir / name).read_bytes()
+
+
+def test_onnx_path_can_be_given_and_a_missing_or_broken_file_is_named(onnx_dir, model_dir, speech, tmp_path):
+    waves, expected = speech
+    predictor = MVectorPredictor(model_dir, backend="onnx", onnx_path=onnx_dir / ONNX_FILE)
+    assert_same_embeddings(predictor.embed_waveforms(waves[:2]), expected[:2])
+    with pytest.raises(MVectorError, match=f"{model_dir / ONNX_FILE}: ONNX file not found"):
+        MVectorPredictor(model_dir, backend="onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(ModelMismatchError, match="broken.onnx: cannot load the ONNX model"):
+        MVectorPredictor(model_dir, backend="onnx", onnx_path=broken)
+    with pytest.raises(ConfigError, match="onnx_path"):
+        MVectorPredictor(model_dir, onnx_path=onnx_dir / ONNX_FILE)  # the torch backend takes no ONNX file
+
+
+def test_torch_export_program_matches_pytorch(onnx_dir, speech):
+    waves, expected = speech
+    program = torch.export.load(str(onnx_dir / PT2_FILE)).module()
+    with torch.inference_mode():
+        assert_same_embeddings(program(*padded(waves)), expected)
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:DeprecationWarning")
+def test_torchscript_matches_pytorch_on_real_speech(model_dir, speech, tmp_path):
+    waves, expected = speech
+    written = export_model(model_dir, tmp_path / "ts", ["torchscript"])
+    assert written == {"torchscript": tmp_path / "ts" / TORCHSCRIPT_FILE}
+    traced = torch.jit.load(str(written["torchscript"]))
+    with torch.inference_mode():
+        assert_same_embeddings(traced(*padded(waves)), expected)
+        assert_same_embeddings(traced(*padded(waves[:1])), expected[:1])  # another batch size
+
+
+def test_unknown_format_is_one_line_naming_the_valid_ones(model_dir, tmp_path, capsys):
+    assert run_cli(export, model_dir, tmp_path / "out", "onnx,tflite") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tflite" in err and "onnx, pt2, torchscript" in err
+    with pytest.raises(ConfigError, match="no export format"):
+        export_model(model_dir, tmp_path / "out", " , ")
