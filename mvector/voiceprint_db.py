@@ -1,0 +1,549 @@
+"""The voiceprint library: who is enrolled, with which voice, durably and privately.
+
+Layout under ``path``: ``voiceprints.sqlite`` (users, enrolment embeddings, metadata; WAL mode) and
+one folder of enrolment audio (16-bit FLAC) per user, named by an internal random id, never by the
+user's name, so no name can collide with another or with the library's own files.
+
+Crash safety: every change is one SQLite transaction. Audio is written under a temporary name
+first and renamed into place after the commit; opening the library finishes such renames for
+committed rows and sweeps what has no row (temporary files, unknown user folders and files).
+A row whose audio file went missing keeps its embedding: the embedding is what search uses, the
+audio only serves re-embedding when the model changes.
+
+A user's voiceprint is the renormalised mean of their L2-normalised enrolment embeddings; searches
+score a query against an in-memory float32 matrix of all voiceprints with one matrix product.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import unicodedata
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from mvector.audio import load_audio
+from mvector.errors import MVectorError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one process at a time is all it can share safely.
+    fcntl = None
+
+DB_FILE = "voiceprints.sqlite"
+LOCK_FILE = ".lock"
+TMP_PREFIX = ".tmp-"
+AUDIO_SUFFIX = ".flac"
+MAX_NAME_LENGTH = 128
+SCHEMA_VERSION = "1"
+# Waveforms handed to embed_fn per call while re-embedding: bounded memory, batched model calls.
+REEMBED_BATCH = 16
+BUSY_TIMEOUT_MS = 30_000
+
+_ID = re.compile(r"[0-9a-f]{32}")
+_AUDIO_NAME = re.compile(r"[0-9a-f]{32}" + re.escape(AUDIO_SUFFIX))
+# Unicode categories a name may not contain: control characters, surrogates, line breaks.
+_FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    folder TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enrolments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    file TEXT NOT NULL UNIQUE,
+    embedding BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS enrolments_by_user ON enrolments(user_id);
+"""
+
+
+class VoiceprintError(MVectorError):
+    """The voiceprint library cannot do what was asked: unreadable database, wrong embedding
+    size, a model change it cannot follow."""
+
+
+class UserNameError(VoiceprintError, ValueError):
+    """A user name that is empty, too long, or could be mistaken for a path."""
+
+
+def normalize_user_name(name) -> str:
+    """The canonical form of a user name (NFC, surrounding whitespace removed), or UserNameError.
+
+    Names never become paths (user folders are internal ids); refusing path-like names anyway
+    keeps any later tool that does use them safe."""
+    if not isinstance(name, str):
+        raise UserNameError(f"user name must be a string, got {type(name).__name__} {name!r}")
+    canonical = unicodedata.normalize("NFC", name).strip()
+    if not canonical:
+        raise UserNameError(f"user name {name!r} is empty")
+    if len(canonical) > MAX_NAME_LENGTH:
+        raise UserNameError(f"user name {canonical[:20]!r}... is {len(canonical)} characters long, "
+                            f"more than {MAX_NAME_LENGTH}")
+    if canonical in (".", ".."):
+        raise UserNameError(f"user name {name!r} is a path component, not a name")
+    if "/" in canonical or "\\" in canonical:
+        raise UserNameError(f"user name {name!r} contains a path separator ('/' or '\\')")
+    bad = [c for c in canonical if unicodedata.category(c) in _FORBIDDEN_CATEGORIES]
+    if bad:
+        raise UserNameError(f"user name {name!r} contains control character(s) {bad!r}")
+    return canonical
+
+
+def nearest(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``matrix`` with the ``k`` highest dot products with ``query``, best first:
+    ``(indices, scores)``. One pass over the matrix; argpartition avoids a full sort."""
+    # vecdot runs on the calling thread: BLAS gemv would wake worker threads, which costs more than
+    # the whole product for small libraries and, on a busy machine, up to a scheduler slice.
+    scores = np.vecdot(matrix, query)
+    if k == 1:
+        best = np.array([int(np.argmax(scores))])
+    elif k < len(scores):
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+    else:
+        best = np.argsort(-scores, kind="stable")
+    return best, scores[best]
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VoiceprintDB:
+    """A durable library of users' voiceprints; safe to share between processes.
+
+    ``embed_fn(list of float32 waveforms at sample_rate) -> [N, E]`` is only needed to follow a
+    model change: when ``fingerprint`` differs from the one stored, all stored enrolment audio is
+    re-embedded with it in one transaction. ``fingerprint=None`` skips that check.
+    """
+
+    def __init__(self, path="audio_db/", embed_fn=None, fingerprint: str | None = None,
+                 sample_rate: int = 16000, progress: bool = True):
+        self.path = Path(path)
+        self.embed_fn = embed_fn
+        self.fingerprint = fingerprint
+        self.sample_rate = sample_rate
+        self.progress = progress
+        self._lock = threading.RLock()
+        self._conn = None
+        self._lock_fd = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VoiceprintError(f"cannot create the voiceprint library folder {self.path}: {exc}") from None
+        if not self.path.is_dir():
+            raise VoiceprintError(f"voiceprint library path {self.path} is not a folder")
+        try:
+            self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            self._conn = self._connect()
+            self._sweep()
+            self._follow_model()
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----- public API -------------------------------------------------------------------------
+
+    def register(self, name: str, waveform: np.ndarray, embedding: np.ndarray) -> None:
+        """Add one enrolment (its audio at ``sample_rate`` and its embedding) to user ``name``,
+        creating the user if new."""
+        name = normalize_user_name(name)
+        vector = self._check_embedding(embedding, what=f"embedding for user {name!r}")
+        wav = load_audio(waveform, sample_rate=self.sample_rate, target_sample_rate=self.sample_rate,
+                         name=f"enrolment audio for user {name!r}")
+        file = uuid.uuid4().hex + AUDIO_SUFFIX
+        tmp = self.path / (TMP_PREFIX + file)
+        with self._lock, self._file_lock(shared=True):
+            outside_change = self._changed_elsewhere()
+            try:
+                self._write_audio(tmp, wav)
+                with self._transaction() as conn:
+                    self._check_same_model(conn)
+                    self._check_dimension(conn, len(vector))
+                    row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
+                    if row is None:
+                        folder = uuid.uuid4().hex
+                        user_id = conn.execute("INSERT INTO users (name, folder, created) VALUES (?, ?, ?)",
+                                               (name, folder, time.time())).lastrowid
+                    else:
+                        user_id, folder = row
+                    conn.execute("INSERT INTO enrolments (user_id, file, embedding, created) "
+                                 "VALUES (?, ?, ?, ?)", (user_id, file, vector.tobytes(), time.time()))
+                    blobs = [b for (b,) in conn.execute(
+                        "SELECT embedding FROM enrolments WHERE user_id = ?", (user_id,))]
+                    outside_change = outside_change or self._changed_elsewhere()
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._place_audio(tmp, folder, file)
+            if outside_change:
+                self._load()
+            else:
+                voiceprint = _unit(np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), -1).mean(0))
+                self._set_row(name, voiceprint)
+
+    def remove_user(self, name: str) -> bool:
+        """Erase user ``name``: rows, audio, and (secure_delete + WAL truncation) the bytes of
+        their embeddings in the database files. False when there is no such user."""
+        name = normalize_user_name(name)
+        with self._lock, self._file_lock(shared=False):
+            outside_change = self._changed_elsewhere()
+            with self._transaction() as conn:
+                row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
+                if row is not None:
+                    conn.execute("DELETE FROM enrolments WHERE user_id = ?", (row[0],))
+                    conn.execute("DELETE FROM users WHERE id = ?", (row[0],))
+                outside_change = outside_change or self._changed_elsewhere()
+            if row is None:
+                return False
+            self._truncate_wal()
+            shutil.rmtree(self.path / row[1], ignore_errors=True)
+            if outside_change:
+                self._load()
+            else:
+                self._drop_row(name)
+            return True
+
+    def get_users(self) -> list[str]:
+        """Names of all enrolled users, sorted."""
+        with self._lock:
+            self._refresh()
+            return sorted(self._names[:self._count])
+
+    def search(self, embedding: np.ndarray, top_k: int = 5) -> list[tuple[str, float]]:
+        """The ``top_k`` users whose voiceprints are closest (cosine) to ``embedding``, best first."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise VoiceprintError(f"top_k must be a positive integer, got {top_k!r}")
+        query = self._check_embedding(embedding, what="query embedding")
+        with self._lock:
+            self._refresh()
+            if self._count == 0:
+                return []
+            if len(query) != self._matrix.shape[1]:
+                raise VoiceprintError(f"query embedding has {len(query)} dimensions but the library's "
+                                      f"voiceprints have {self._matrix.shape[1]}")
+            rows, scores = nearest(self._matrix[:self._count], query, int(top_k))
+            return [(self._names[r], float(s)) for r, s in zip(rows, scores)]
+
+    def recognition(self, embedding: np.ndarray, threshold: float):
+        """``(name, score)`` of the closest user when ``score >= threshold``, else ``(None, score)``;
+        ``(None, None)`` for an empty library."""
+        best = self.search(embedding, top_k=1)
+        if not best:
+            return None, None
+        name, score = best[0]
+        return (name, score) if score >= threshold else (None, score)
+
+    def close(self) -> None:
+        """Release the database and lock file; further calls fail. Safe to call twice."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._refresh()
+            return self._count
+
+    # ----- database ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = self.path / DB_FILE
+        try:
+            conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise VoiceprintError(f"{db}: cannot switch to WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")  # deleted voiceprints are overwritten, not freed
+            conn.execute("PRAGMA foreign_keys = ON")
+            with self._transaction(conn):
+                for statement in _SCHEMA.split(";"):  # executescript would commit mid-transaction
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise VoiceprintError(f"{db}: schema version {version}, this mvector reads {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise VoiceprintError(f"{db}: not a usable voiceprint database ({exc})") from None
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection = None):
+        """One write transaction, taken up front (IMMEDIATE) so it never fails half-way on a lock."""
+        conn = conn or self._live_conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise VoiceprintError(f"{self.path / DB_FILE}: cannot start a transaction ({exc})") from None
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _live_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise VoiceprintError(f"voiceprint library {self.path} is closed")
+        return self._conn
+
+    def _meta(self, conn, key: str):
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, conn, key: str, value) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
+    def _data_version(self) -> int:
+        return self._live_conn().execute("PRAGMA data_version").fetchone()[0]
+
+    def _changed_elsewhere(self) -> bool:
+        """Whether another connection committed since the matrix was loaded."""
+        return self._data_version() != self._loaded_version
+
+    def _check_same_model(self, conn) -> None:
+        stored = self._meta(conn, "fingerprint")
+        if self.fingerprint is not None and stored is not None and stored != self.fingerprint:
+            raise VoiceprintError(
+                f"{self.path}: was re-embedded with another model (fingerprint {stored}) while open "
+                f"with model {self.fingerprint}; reopen the library to follow it")
+
+    def _check_dimension(self, conn, dim: int) -> None:
+        stored = self._meta(conn, "embd_dim")
+        if stored is None:
+            self._set_meta(conn, "embd_dim", dim)
+        elif int(stored) != dim:
+            raise VoiceprintError(f"{self.path}: embedding has {dim} dimensions but the library holds "
+                                  f"{stored}-dimensional voiceprints")
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint the WAL into the database and cut it to zero bytes, so old page images
+        (with erased embeddings) do not linger in it. Retries while readers hold old pages."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while self._live_conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+            if time.monotonic() > deadline:
+                warnings.warn(f"{self.path / DB_FILE}: another connection kept the write-ahead log busy; "
+                              "erased data stays in it until the next checkpoint", stacklevel=3)
+                return
+            time.sleep(0.01)
+
+    # ----- in-memory voiceprint matrix --------------------------------------------------------
+
+    def _refresh(self) -> None:
+        if self._changed_elsewhere():
+            self._load()
+
+    def _load(self) -> None:
+        """Rebuild the matrix from the database: one voiceprint per user."""
+        conn = self._live_conn()
+        # The version is read first: a commit landing before the rows are read only makes the
+        # next refresh reload once more, never miss a change.
+        version = self._data_version()
+        self._check_same_model(conn)
+        rows = conn.execute("SELECT u.name, e.embedding FROM enrolments e JOIN users u "
+                            "ON u.id = e.user_id ORDER BY e.user_id").fetchall()
+        self._names = []
+        self._row = {}
+        self._count = 0
+        self._matrix = np.zeros((0, 0), np.float32)
+        if rows:
+            names = [name for name, _ in rows]
+            embeddings = np.frombuffer(b"".join(blob for _, blob in rows), np.float32).reshape(len(rows), -1)
+            starts = np.flatnonzero([True] + [a != b for a, b in zip(names, names[1:])])
+            self._names = [names[i] for i in starts]
+            self._row = {name: i for i, name in enumerate(self._names)}
+            self._matrix = _unit(np.add.reduceat(embeddings, starts, axis=0)).astype(np.float32)
+            self._count = len(self._names)
+        self._loaded_version = version
+
+    def _set_row(self, name: str, voiceprint: np.ndarray) -> None:
+        row = self._row.get(name)
+        if row is None:
+            if self._count == len(self._matrix):
+                # Room doubles, so n registrations copy the matrix O(log n) times.
+                grown = np.zeros((max(8, 2 * self._count), len(voiceprint)), np.float32)
+                if self._count:
+                    grown[:self._count] = self._matrix[:self._count]
+                self._matrix = grown
+            row = self._count
+            self._count += 1
+            self._names.append(name)
+            self._row[name] = row
+        self._matrix[row] = voiceprint
+
+    def _drop_row(self, name: str) -> None:
+        """Remove a user's row by moving the last row into its place: O(E), order is irrelevant."""
+        row = self._row.pop(name, None)
+        if row is None:
+            return
+        last = self._count - 1
+        if row != last:
+            moved = self._names[last]
+            self._matrix[row] = self._matrix[last]
+            self._names[row] = moved
+            self._row[moved] = row
+        self._matrix[last] = 0.0
+        del self._names[last:]
+        self._count = last
+
+    # ----- files ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _file_lock(self, shared: bool):
+        """Writers hold the library's lock file shared from their temporary audio to its final
+        name; sweeping and erasing hold it exclusive, so they never race a registration."""
+        if fcntl is None or self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _write_audio(self, path: Path, wav: np.ndarray) -> None:
+        # 16-bit storage: clip rather than let the encoder wrap loud samples around.
+        with open(path, "wb") as fh:
+            sf.write(fh, np.clip(wav, -1.0, 1.0), self.sample_rate, format="FLAC", subtype="PCM_16")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _place_audio(self, tmp: Path, folder: str, file: str) -> None:
+        (self.path / folder).mkdir(exist_ok=True)
+        os.replace(tmp, self.path / folder / file)
+        _fsync_dir(self.path / folder)
+
+    def _sweep(self) -> None:
+        """Finish what a killed process left: rename committed temporary audio into place, delete
+        temporary audio with no row, user folders with no user and audio files with no row.
+        Only names of the library's own patterns are touched: other files in the folder stay."""
+        with self._file_lock(shared=False):
+            conn = self._live_conn()
+            folders = {folder for (folder,) in conn.execute("SELECT folder FROM users")}
+            placed = dict(conn.execute("SELECT e.file, u.folder FROM enrolments e JOIN users u "
+                                       "ON u.id = e.user_id"))
+            for entry in self.path.iterdir():
+                if entry.name.startswith(TMP_PREFIX) and _AUDIO_NAME.fullmatch(entry.name[len(TMP_PREFIX):]):
+                    file = entry.name[len(TMP_PREFIX):]
+                    if file in placed:
+                        self._place_audio(entry, placed[file], file)
+                    else:
+                        entry.unlink(missing_ok=True)
+                elif _ID.fullmatch(entry.name) and entry.is_dir():
+                    if entry.name not in folders:
+                        shutil.rmtree(entry, ignore_errors=True)
+                        continue
+                    for stray in entry.iterdir():
+                        if placed.get(stray.name) != entry.name:
+                            _remove(stray)
+
+    # ----- model changes ----------------------------------------------------------------------
+
+    def _follow_model(self) -> None:
+        """Store the model fingerprint, or re-embed the library when it was built with another."""
+        if self.fingerprint is None:
+            return
+        with self._file_lock(shared=False), self._transaction() as conn:
+            stored = self._meta(conn, "fingerprint")
+            if stored == self.fingerprint:
+                return
+            enrolments = conn.execute("SELECT e.id, u.name, u.folder, e.file FROM enrolments e "
+                                      "JOIN users u ON u.id = e.user_id ORDER BY e.id").fetchall()
+            if enrolments:
+                self._reembed(conn, stored, enrolments)
+            self._set_meta(conn, "fingerprint", self.fingerprint)
+
+    def _reembed(self, conn, stored: str, enrolments: list) -> None:
+        if self.embed_fn is None:
+            raise VoiceprintError(
+                f"{self.path}: voiceprints were made by model {stored}, not by model {self.fingerprint}; "
+                "re-embedding them needs embed_fn (open the library through MVectorPredictor)")
+        missing = sorted({name for _, name, folder, file in enrolments
+                          if not (self.path / folder / file).is_file()})
+        if missing:
+            raise VoiceprintError(
+                f"{self.path}: voiceprints were made by model {stored}, not by model {self.fingerprint}, "
+                f"and the enrolment audio of {len(missing)} user(s) is missing ({', '.join(map(repr, missing[:10]))}), "
+                "so they cannot be re-embedded; restore their audio, or open the library with the old "
+                "model and remove_user them")
+        dim = None
+        bar = tqdm(total=len(enrolments), desc="re-embedding voiceprints for the new model",
+                   unit="enrolment", disable=not self.progress)
+        with bar:
+            for start in range(0, len(enrolments), REEMBED_BATCH):
+                batch = enrolments[start:start + REEMBED_BATCH]
+                waves = [load_audio(self.path / folder / file, target_sample_rate=self.sample_rate)
+                         for _, _, folder, file in batch]
+                vectors = np.asarray(self.embed_fn(waves), dtype=np.float32)
+                if vectors.ndim != 2 or len(vectors) != len(batch) or not np.isfinite(vectors).all():
+                    raise VoiceprintError(f"embed_fn returned {vectors.shape} {vectors.dtype} for "
+                                          f"{len(batch)} waveforms; expected finite [{len(batch)}, E]")
+                dim = vectors.shape[1]
+                conn.executemany("UPDATE enrolments SET embedding = ? WHERE id = ?",
+                                 [(v.tobytes(), row[0]) for v, row in zip(_unit(vectors), batch)])
+                bar.update(len(batch))
+        self._set_meta(conn, "embd_dim", dim)
+
+    # ----- validation -------------------------------------------------------------------------
+
+    def _check_embedding(self, embedding, what: str) -> np.ndarray:
+        try:
+            vector = np.asarray(embedding, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise VoiceprintError(f"{what}: not a numeric vector ({type(embedding).__name__})") from None
+        if vector.ndim == 2 and vector.shape[0] == 1:
+            vector = vector[0]
+        if vector.ndim != 1 or len(vector) == 0:
+            raise VoiceprintError(f"{what}: expected a 1-D vector, got shape {vector.shape}")
+        if not np.isfinite(vector).all():
+            raise VoiceprintError(f"{what}: contains NaN or Inf")
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            raise VoiceprintError(f"{what}: is all zeros")
+        return np.ascontiguousarray(vector / norm, dtype=np.float32)

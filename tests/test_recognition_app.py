@@ -1,0 +1,211 @@
+"""The recognition app: non-interactive flags and exit codes, the interactive menu and continuous
+mode (microphone replaced by real dev utterances), one-line errors. A small random-weights TDNN
+stands in for a trained model: the same recording always matches itself best."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mvector.audio import load_audio
+from mvector.config import load_config
+from mvector.embedder import build_embedder
+from mvector.microphone import MicrophoneError
+from mvector.model_dir import save_model_dir
+from mvector.recognition_app import (EXIT_ERROR, EXIT_NOT_RECOGNISED, EXIT_OK, RecognitionApp, main)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+
+
+def make_model_dir(path: Path) -> Path:
+    """A tiny TDNN with random weights, saved as a real model directory."""
+    torch.manual_seed(0)
+    config = load_config(ROOT / "configs" / "tdnn.yml", overrides=[
+        "model_conf.model_args.channels=64", "model_conf.model_args.embd_dim=32",
+        "preprocess_conf.method_args.num_mel_bins=40"])
+    embedder = build_embedder(config)
+    weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
+    return save_model_dir(path, weights, config, {"threshold": 0.5})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("model") / "tiny_tdnn")
+
+
+@pytest.fixture(scope="module")
+def utterances():
+    """Two utterances of one speaker and one of another, from the dev set."""
+    if not (DEV / "list.tsv").is_file():
+        pytest.skip(f"dev data not found at {DEV}")
+    by_speaker = {}
+    for line in (DEV / "list.tsv").read_text(encoding="utf-8").splitlines():
+        path, speaker = line.split("\t")
+        by_speaker.setdefault(speaker.strip(), []).append(DEV / path)
+    first, second = sorted(by_speaker)[:2]
+    return by_speaker[first][0], by_speaker[first][1], by_speaker[second][0]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_scripted_register_recognize_list_remove(tmp_path, model_dir, utterances, capsys):
+    a1, a2, b1 = utterances
+    common = ["--model_dir", model_dir, "--audio_db_path", tmp_path / "db"]
+    assert run(capsys, "--recognize", "--audio", a1, *common)[:2] == (
+        EXIT_NOT_RECOGNISED, "Not recognised: the voiceprint library is empty\n")
+    assert run(capsys, "--register", "夜雨飘零", "--audio", a1, *common)[:2] == (EXIT_OK, "Registered: 夜雨飘零\n")
+    assert run(capsys, "--register", "bob", "--audio", b1, *common)[0] == EXIT_OK
+
+    code, out, _ = run(capsys, "--recognize", "--audio", a1, *common)
+    assert code == EXIT_OK and out.startswith("Recognised: 夜雨飘零 (score 1.0000)")
+    code, out, _ = run(capsys, "--recognize", "--audio", b1, *common)
+    assert code == EXIT_OK and out.startswith("Recognised: bob (score 1.0000)")
+    # Another recording never reaches a threshold of 1: not recognised, with the best score.
+    code, out, _ = run(capsys, "--recognize", "--audio", a2, "--threshold", "1.0", *common)
+    assert code == EXIT_NOT_RECOGNISED
+    assert out.startswith("Not recognised: best score 0.") and "below the threshold 1.0000" in out
+
+    assert run(capsys, "--list", *common)[:2] == (EXIT_OK, "bob\n夜雨飘零\n")
+    assert run(capsys, "--remove", "carl", *common)[:2] == (EXIT_NOT_RECOGNISED, "No such user: carl\n")
+    assert run(capsys, "--remove", "bob", *common)[:2] == (EXIT_OK, "Removed: bob\n")
+    assert run(capsys, "--list", *common)[:2] == (EXIT_OK, "夜雨飘零\n")
+    assert run(capsys, "--remove", "夜雨飘零", *common)[0] == EXIT_OK
+    assert run(capsys, "--list", *common)[:2] == (EXIT_OK, "")  # nothing for a script to misread
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--register", "../x"], "user name '../x' contains a path separator"),
+    (["--register", "  "], "is empty"),
+    (["--recognize", "--audio", "missing.wav"], "missing.wav: file not found"),
+    (["--list", "--model_dir", "no/such/model"], "is not a model directory"),
+])
+def test_errors_are_one_line_and_exit_2(tmp_path, model_dir, utterances, capsys, argv, message):
+    if "--audio" not in argv and argv[0] != "--list":
+        argv = argv + ["--audio", str(utterances[0])]
+    if "--model_dir" not in argv:
+        argv = argv + ["--model_dir", str(model_dir)]
+    code, out, err = run(capsys, *argv, "--audio_db_path", tmp_path / "db")
+    assert code == EXIT_ERROR
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--audio", "x.wav"], ["--list", "--audio", "x.wav"],
+                                  ["--recognize", "--seconds", "0"], ["--list", "--remove", "a"]])
+def test_bad_argument_combinations_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == EXIT_ERROR
+    assert "error:" in capsys.readouterr().err
+
+
+class Script:
+    """Answers the app's prompts in order and records every prompt and printed line."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.lines = []
+
+    def ask(self, prompt):
+        self.lines.append(prompt)
+        if not self.answers:
+            raise EOFError
+        return self.answers.pop(0)
+
+    def out(self, line):
+        self.lines.append(line)
+
+    def text(self):
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def predictor(tmp_path, model_dir):
+    from mvector.predict import MVectorPredictor
+    with MVectorPredictor(model_dir=model_dir, audio_db_path=tmp_path / "db", threshold=0.5) as p:
+        yield p
+
+
+def test_interactive_menu_registers_recognises_lists_removes(predictor, utterances):
+    voice = load_audio(utterances[0])
+    recordings = []
+
+    def record(seconds, sample_rate, on_start):
+        recordings.append((seconds, sample_rate))
+        on_start()
+        return voice
+
+    script = Script(["0", "", "alice", "1", "", "2", "3", "alice", "2", "7", "Q"])
+    app = RecognitionApp(predictor, seconds=2.5, record=record, ask=script.ask, out=script.out)
+    assert app.interactive() == EXIT_OK
+    text = script.text()
+    assert recordings == [(2.5, 16000), (2.5, 16000)]
+    assert text.count("Recording 2.5 s ... speak now") == 2
+    assert "Registered: alice" in text and "Recognised: alice (score 1.0000)" in text
+    assert "Removed: alice" in text and "(no users registered)" in text
+    assert "Unknown choice '7'" in text
+    assert predictor.get_users() == []
+
+
+def test_interactive_survives_action_errors_and_ends_on_eof(predictor):
+    def broken_microphone(seconds, sample_rate, on_start):
+        raise MicrophoneError("cannot record: no microphone")
+
+    script = Script(["1", "", "3", "../etc", "2"])
+    app = RecognitionApp(predictor, record=broken_microphone, ask=script.ask, out=script.out)
+    assert app.interactive() == EXIT_OK  # prompts ran out: EOF quits
+    text = script.text()
+    assert "Error: cannot record: no microphone" in text
+    assert "Error: user name '../etc'" in text
+    assert "(no users registered)" in text
+
+
+def test_continuous_recognition_reports_each_chunk(predictor, utterances):
+    a1, _, b1 = utterances
+    predictor.register(a1, "alice")
+    chunk = load_audio(a1)
+    closed = []
+
+    def chunks(seconds, sample_rate, on_start):
+        assert (seconds, sample_rate) == (2.0, 16000)
+        on_start()
+        try:
+            yield chunk
+            yield np.zeros(32000, np.float32)  # silence: reported, not fatal
+            yield load_audio(b1)
+        finally:
+            closed.append(True)
+
+    script = Script([])
+    app = RecognitionApp(predictor, seconds=2.0, record_chunks=chunks, out=script.out)
+    assert app.continuous() == EXIT_OK
+    lines = [l for l in script.lines if l.startswith("[")]
+    assert len(lines) == 3 and closed == [True]
+    assert script.lines[0] == "Listening in 2 s chunks; Ctrl+C stops."
+    assert lines[0] == "[    0.0 s] Recognised: alice (score 1.0000)"
+    assert lines[1].startswith("[    2.0 s] (no usable speech:") and "silent" in lines[1]
+    assert lines[2].startswith("[    4.0 s] ")
+
+
+def test_continuous_stops_on_ctrl_c(predictor):
+    def chunks(seconds, sample_rate, on_start):
+        raise KeyboardInterrupt
+        yield  # a generator, as the microphone's is
+
+    script = Script([])
+    assert RecognitionApp(predictor, record_chunks=chunks, out=script.out).continuous() == EXIT_OK
+    assert script.lines[-1] == "Stopped."
+
+
+def test_registered_audio_is_stored_in_the_library(tmp_path, predictor, utterances):
+    predictor.register(utterances[0], "dora")
+    files = list((tmp_path / "db").glob("*/*.flac"))
+    assert len(files) == 1
+    stored, rate = sf.read(files[0], dtype="float32")
+    assert rate == 16000 and len(stored) > 16000
