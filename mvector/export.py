@@ -16,12 +16,10 @@ import math
 import shutil
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 
-from mvector import features
 from mvector.backends import INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME, import_onnxruntime
 from mvector.errors import ConfigError, MVectorError
 from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder
@@ -48,13 +46,6 @@ def _waveform_batch(seconds, sample_rate: int, seed: int):
     return waves, lengths
 
 
-def _trusting_batch_check(waveforms, lengths, owner):
-    """Stand-in for ``features._check_batch`` while tracing for torch.export: the original reads the
-    values of ``lengths`` (a data-dependent branch torch.export cannot trace). Callers of the exported
-    graph pass lengths they computed themselves, as the predictor does; clamping keeps them in range."""
-    return waveforms, lengths.to(torch.long).clamp(0, waveforms.shape[1])
-
-
 class _Exporter:
     """Exports one embedder; the torch.export program is made once and shared by onnx and pt2."""
 
@@ -72,8 +63,7 @@ class _Exporter:
             batch = torch.export.Dim("batch", min=1)
             samples = torch.export.Dim("samples", min=math.ceil(MIN_DURATION * self.sample_rate))
             shapes = {"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}}
-            with mock.patch.object(features, "_check_batch", _trusting_batch_check):
-                self._program = torch.export.export(self.embedder, self.example, dynamic_shapes=shapes, strict=False)
+            self._program = torch.export.export(self.embedder, self.example, dynamic_shapes=shapes, strict=False)
         return self._program
 
     def verify(self, path: Path, embeddings) -> None:

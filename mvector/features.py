@@ -91,9 +91,10 @@ def _check_batch(waveforms, lengths, owner):
     if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex():
         raise AudioError(f"{owner}: lengths must be an integer tensor of shape ({batch},), "
                          f"got {lengths.dtype} {tuple(lengths.shape)}")
-    # Checking values means a host sync, so only CPU lengths are checked; device lengths are
-    # clamped so that a bad value can never index outside the batch.
-    if lengths.device.type == 'cpu' and bool(((lengths < 0) | (lengths > num_samples)).any()):
+    # Checking values means a host sync, so only CPU lengths are checked, and not while
+    # torch.export traces (a data-dependent branch); clamping keeps any value inside the batch.
+    if (lengths.device.type == 'cpu' and not torch.compiler.is_exporting()
+            and bool(((lengths < 0) | (lengths > num_samples)).any())):
         raise AudioError(f"{owner}: lengths must lie in [0, {num_samples}] (the padded length), "
                          f"got {lengths.tolist()}")
     return waveforms, lengths.to(waveforms.device, torch.long).clamp(0, num_samples)
