@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from mvector.audio import load_audio
 from mvector.errors import MVectorError
+from mvector.search_index import SearchIndex
 
 try:
     import fcntl
@@ -105,22 +106,6 @@ def normalize_user_name(name) -> str:
     return canonical
 
 
-def nearest(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``matrix`` with the ``k`` highest dot products with ``query``, best first:
-    ``(indices, scores)``. One pass over the matrix; argpartition avoids a full sort."""
-    # vecdot runs on the calling thread: BLAS gemv would wake worker threads, which costs more than
-    # the whole product for small libraries and, on a busy machine, up to a scheduler slice.
-    scores = np.vecdot(matrix, query)
-    if k == 1:
-        best = np.array([int(np.argmax(scores))])
-    elif k < len(scores):
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.argsort(-scores[best], kind="stable")]
-    else:
-        best = np.argsort(-scores, kind="stable")
-    return best, scores[best]
-
-
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
@@ -156,6 +141,7 @@ class VoiceprintDB:
         self.sample_rate = sample_rate
         self.progress = progress
         self._lock = threading.RLock()
+        self._index = SearchIndex()
         self._conn = None
         self._lock_fd = None
         try:
@@ -254,7 +240,7 @@ class VoiceprintDB:
             if len(query) != self._matrix.shape[1]:
                 raise VoiceprintError(f"query embedding has {len(query)} dimensions but the library's "
                                       f"voiceprints have {self._matrix.shape[1]}")
-            rows, scores = nearest(self._matrix[:self._count], query, int(top_k))
+            rows, scores = self._index.search(self._matrix, self._count, query, int(top_k))
             return [(self._names[r], float(s)) for r, s in zip(rows, scores)]
 
     def recognition(self, embedding: np.ndarray, threshold: float):
@@ -392,6 +378,7 @@ class VoiceprintDB:
         self._row = {}
         self._count = 0
         self._matrix = np.zeros((0, 0), np.float32)
+        self._index.changed()
         if rows:
             names = [name for name, _ in rows]
             embeddings = np.frombuffer(b"".join(blob for _, blob in rows), np.float32).reshape(len(rows), -1)
@@ -415,7 +402,11 @@ class VoiceprintDB:
             self._count += 1
             self._names.append(name)
             self._row[name] = row
-        self._matrix[row] = voiceprint
+            self._matrix[row] = voiceprint
+            self._index.appended(self._matrix, row)
+        else:
+            self._matrix[row] = voiceprint
+            self._index.changed()
 
     def _drop_row(self, name: str) -> None:
         """Remove a user's row by moving the last row into its place: O(E), order is irrelevant."""
@@ -431,6 +422,7 @@ class VoiceprintDB:
         self._matrix[last] = 0.0
         del self._names[last:]
         self._count = last
+        self._index.changed()
 
     # ----- files ------------------------------------------------------------------------------
 

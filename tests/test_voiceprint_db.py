@@ -15,8 +15,9 @@ import pytest
 import soundfile as sf
 
 from mvector.errors import MVectorError
-from mvector.voiceprint_db import (DB_FILE, TMP_PREFIX, UserNameError, VoiceprintDB, VoiceprintError,
-                                   nearest)
+from mvector import search_index
+from mvector.search_index import SearchIndex, exhaustive
+from mvector.voiceprint_db import DB_FILE, TMP_PREFIX, UserNameError, VoiceprintDB, VoiceprintError
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -396,12 +397,35 @@ def test_search_and_recognition_match_brute_force(tmp_path):
         assert len(db.search(rng.standard_normal(DIM), top_k=100)) == 40
 
 
-def test_nearest_against_full_sort():
+def test_exhaustive_search_against_full_sort():
     rng = np.random.default_rng(14)
     matrix = unit(rng.standard_normal((1000, 32))).astype(np.float32)
     query = unit(rng.standard_normal(32)).astype(np.float32)
     scores = matrix.astype(np.float64) @ query.astype(np.float64)
     for k in (1, 7, 1000, 2000):
-        rows_, got = nearest(matrix, query, k)
+        rows_, got = exhaustive(matrix, query, k)
         np.testing.assert_array_equal(rows_, np.argsort(-scores)[:k])
         np.testing.assert_allclose(got, scores[rows_], atol=1e-6)
+
+
+@pytest.mark.skipif(search_index.faiss is None, reason="faiss is not installed: large searches stay exhaustive")
+def test_large_library_search_is_exact_through_appends_and_changes():
+    rng = np.random.default_rng(15)
+    count = search_index.FAISS_MIN_ROWS + 500
+    matrix = unit(rng.standard_normal((count + 10, 64))).astype(np.float32)
+    index = SearchIndex()
+
+    def check(n):
+        for _ in range(20):
+            query = unit(matrix[rng.integers(n)] + 0.3 * rng.standard_normal(64)).astype(np.float32)
+            rows_, got = index.search(matrix, n, query, 5)
+            want = np.argsort(-(matrix[:n] @ query))[:5]
+            np.testing.assert_array_equal(rows_, want)
+            np.testing.assert_allclose(got, matrix[want] @ query, atol=1e-6)
+
+    check(count)
+    index.appended(matrix, count)  # a new user: the fp16 copy grows without a rebuild
+    check(count + 1)
+    matrix[3] = matrix[count]  # an existing voiceprint changes: the copy must be rebuilt
+    index.changed()
+    check(count + 1)
