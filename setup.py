@@ -16,12 +16,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["mvector", "mvector.*"]),
-    package_data={"mvector": ["pretrained/*/*", "configs/*.yml"]},
+    package_data={"mvector": ["pretrained/*/*", "configs/*.yml", "server/static/*"]},
     install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
     extras_require={
-        "test": ["pytest", "kaldi-native-fbank", "httpx", "onnx", "onnxscript", "onnxruntime"],
+        "test": ["pytest", "kaldi-native-fbank", "httpx", "onnx", "onnxscript", "onnxruntime",
+                 "fastapi", "uvicorn", "python-multipart", "selenium"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "server": ["fastapi", "uvicorn", "python-multipart"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -15,4 +15,10 @@ if ! command -v pulseaudio >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v a
       pulseaudio pulseaudio-utils >/dev/null) || echo "note: could not install pulseaudio; the microphone test will skip"
 fi
 
+# The web page test drives a headless Chromium through chromedriver (both from Debian, never downloaded).
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null) || echo "note: could not install chromium; the web page test will skip"
+fi
+
 "$PY" -m pytest -q -p no:cacheprovider tests "$@"

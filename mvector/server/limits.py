@@ -1,0 +1,62 @@
+"""The request body size limit, enforced before and while the body arrives.
+
+A declared Content-Length over the limit is refused before any of the body is read; a body
+without one (chunked) is counted as it streams, and refused as soon as it passes the limit, so
+an upload never has to be held whole to be found too big.
+"""
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+
+def too_large_message(limit: int) -> str:
+    return f"upload too large: the request body may be at most {limit / 2**20:g} MiB ({limit} bytes)"
+
+
+class UploadTooLarge(HTTPException):
+    """Raised from ``receive`` mid-body; an HTTPException so FastAPI passes it through its body
+    parsing (which turns other errors into a 400) to the 413 handler."""
+
+    def __init__(self, limit: int):
+        super().__init__(status_code=413, detail=too_large_message(limit))
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for HTTP request bodies over ``max_bytes``."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            response = JSONResponse({"detail": too_large_message(self.max_bytes)}, status_code=413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise UploadTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP server rejects a malformed length itself
+    return None

@@ -1,0 +1,56 @@
+"""Start the service: check the settings, load the model and the voiceprint library, run uvicorn.
+
+The checks that need neither FastAPI nor torch (the key, the bind address, the limits) come first,
+so a wrong command line fails in a moment with one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+
+from mvector.errors import ConfigError, MVectorError
+from mvector.server.security import check_bind, is_loopback, resolve_api_key
+
+EXIT_ERROR = 2
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_path="audio_db/",
+          api_key_file=None, max_upload_mb: float = 10.0, max_audio_seconds: float = 60.0,
+          threshold: float | None = None, use_gpu: bool = False, max_concurrency: int = 2) -> int:
+    """Serve until interrupted; returns the process exit status (on SIGTERM uvicorn shuts down
+    gracefully, then ends the process by that signal)."""
+    try:
+        api_key = resolve_api_key(api_key_file)
+        check_bind(host, api_key)
+        for option, value in (("--max_upload_mb", max_upload_mb), ("--max_audio_seconds", max_audio_seconds),
+                              ("--max_concurrency", max_concurrency), ("--port", port)):
+            if not value > 0:
+                raise ConfigError(f"{option} must be positive, got {value}")
+        try:
+            import uvicorn
+
+            from mvector.server.app import create_app
+        except ImportError as exc:
+            raise ConfigError(f"the server needs the 'server' extra (pip install 'mvector[server]'): {exc}") from None
+        from mvector.predict import MVectorPredictor
+        from mvector.voiceprint_db import VoiceprintDB
+
+        predictor = MVectorPredictor(model_dir=model_dir, audio_db_path=audio_db_path, threshold=threshold,
+                                     use_gpu=use_gpu)
+        # The very library MVectorPredictor opens at audio_db_path (same model fingerprint and
+        # re-embedding function), so this server and infer_recognition.py share one store.
+        library = VoiceprintDB(audio_db_path, embed_fn=predictor.embed_waveforms,
+                               fingerprint=predictor.fingerprint(), sample_rate=predictor.sample_rate)
+    except MVectorError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    app = create_app(predictor, library, api_key=api_key, require_key_for_reads=not is_loopback(host),
+                     max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
+                     max_concurrency=max_concurrency)
+    if api_key is None:
+        print("note: no API key set, so registering and removing users is refused "
+              "(set MVECTOR_API_KEY or --api_key_file)", file=sys.stderr)
+    elif not is_loopback(host):
+        print("note: this is plain HTTP, so the key and the audio cross the network readable; "
+              "put a TLS-terminating proxy in front", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    return 0
