@@ -34,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, help="utterances per batch (default: dataset_conf.eval_batch_size)")
     parser.add_argument("--num_workers", type=int, help="audio decoding workers (default: dataset_conf.num_workers)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--save_threshold", action="store_true",
+                        help="embed through MVectorPredictor (the path users call) and store the EER "
+                             "threshold, EER and MinDCF in the model's model.state")
     return parser.parse_args(argv)
 
 
@@ -96,6 +99,12 @@ def run(args) -> dict:
     if args.enroll_list:
         return evaluate_cross(embedder, args.enroll_list, args.trials_list, config, device, **scoring)
     trials = Path(args.trials) if args.trials else default_trials(config)
+    if args.save_threshold:
+        from mvector.calibration import calibrate
+
+        if cohort is not None:
+            raise MVectorError("--save_threshold stores the threshold of raw cosine scores: drop --as_norm_cohort")
+        return calibrate(model_dir, trials, progress=not args.no_progress, use_gpu=args.use_gpu)
     return evaluate_trials(embedder, trials, config, device, **scoring)
 
 

@@ -283,6 +283,13 @@ def evaluate_trials(embedder, trials_path, config, device="cpu", *, cohort=None,
     paths1, paths2, labels = read_trials(trials_path)
     embeddings = extract_embeddings(embedder, paths1 + paths2, device=device, progress=progress,
                                     **_extraction_settings(config, batch_size, num_workers))
+    return score_trials(embeddings, paths1, paths2, labels, trials_path, cohort=cohort, top_k=top_k,
+                        det_plot_path=det_plot_path)
+
+
+def score_trials(embeddings: dict, paths1, paths2, labels, trials_path, *, cohort=None, top_k=AS_NORM_TOP_K,
+                 det_plot_path=None) -> dict:
+    """Metrics of a trial list from embeddings by path; trials missing an embedding are dropped."""
     names = list(embeddings)
     index = {name: i for i, name in enumerate(names)}
     first = np.array([index.get(p, -1) for p in paths1])

@@ -20,7 +20,7 @@ from mvector.model_dir import save_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
-FINAL_LINE = re.compile(r"^EER: [0-9.]+ MinDCF: [0-9.]+ MinDCF@0\.05: [0-9.]+ threshold: -?[0-9.]+$")
+FINAL_LINE = re.compile(r"^EER: [0-9.]+ MinDCF: [0-9.]+ MinDCF@0\.05: [0-9.]+ threshold: (?P<threshold>-?[0-9.]+)$")
 # A small TDNN keeps each forward pass cheap; it is the real front-end and backbone all the same.
 TINY = ["model_conf.model_args.channels=16", "model_conf.model_args.embd_dim=32"]
 
@@ -243,3 +243,24 @@ def test_eval_script_without_model_dir_needs_a_shipped_model(tmp_path, capsys):
     assert script.main(["--trials", str(tmp_path / "t.tsv"), "--no_progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("eval.py: error: no --model_dir given and no pretrained model"), err
+
+
+def test_save_threshold_stores_what_the_predictor_path_measures(model_dir, tmp_path, capsys):
+    if not (DEV / "trials.tsv").is_file():
+        pytest.skip(f"shared dev data not found at {DEV}")
+    import json
+    import shutil
+
+    from mvector.predict import MVectorPredictor
+
+    rows = [line.split("\t") for line in (DEV / "trials.tsv").read_text(encoding="utf-8").splitlines()]
+    picked = [r for r in rows if r[2] == "1"][:3] + [r for r in rows if r[2] == "0"][:6]
+    trials = write_trials(tmp_path / "trials.tsv", [(DEV / a, DEV / b, label) for a, b, label in picked])
+    copy = shutil.copytree(model_dir, tmp_path / "model")
+    assert load_eval_script().main(["--model_dir", str(copy), "--trials", str(trials), "--no_progress",
+                                    "--save_threshold"]) == 0
+    printed = float(FINAL_LINE.match(capsys.readouterr().out.strip().splitlines()[-1]).group("threshold"))
+    state = json.loads((copy / "model.state").read_text(encoding="utf-8"))
+    assert state["threshold"] == pytest.approx(printed, abs=1e-6) and state["epoch"] == 0
+    with MVectorPredictor(model_dir=copy) as predictor:
+        assert predictor.threshold == pytest.approx(state["threshold"])

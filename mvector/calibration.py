@@ -1,0 +1,60 @@
+"""The decision threshold shipped with a model, measured through the path users call.
+
+``calibrate`` embeds every file of a trial list with ``MVectorPredictor`` (same loading,
+normalisation and sliding windows as ``predict``), scores the trials and stores the EER threshold,
+EER and MinDCF in the model's ``model.state``, so ``contrast``/``verify`` default to it.
+"""
+import json
+import logging
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mvector.errors import AudioError
+from mvector.evaluation import read_trials, score_trials
+from mvector.model_dir import STATE_FILE
+
+logger = logging.getLogger(__name__)
+
+FILES_PER_BATCH = 64
+
+
+def predictor_embeddings(predictor, paths, progress=True) -> dict:
+    """``path -> embedding`` for every usable file; unusable ones are reported and left out."""
+    embeddings, failures = {}, []
+    unique = list(dict.fromkeys(paths))
+    for start in tqdm(range(0, len(unique), FILES_PER_BATCH), desc="embedding", disable=not progress,
+                      unit="batch"):
+        loaded = []
+        for path in unique[start:start + FILES_PER_BATCH]:
+            try:
+                loaded.append((path, predictor.load(path)))
+            except AudioError as exc:
+                failures.append(str(exc))
+        if loaded:
+            vectors = predictor.embed_waveforms([wav for _, wav in loaded])
+            embeddings.update((path, vector) for (path, _), vector in zip(loaded, vectors))
+    if failures:
+        logger.warning("%d of %d file(s) could not be used, e.g. %s", len(failures), len(unique),
+                       "; ".join(failures[:3]))
+    return embeddings
+
+
+def calibrate(model_dir, trials_path, progress=True, use_gpu=False) -> dict:
+    """Measure EER / MinDCF / threshold through the predictor and store them in ``model.state``."""
+    from mvector.predict import MVectorPredictor
+
+    paths1, paths2, labels = read_trials(trials_path)
+    with MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu) as predictor:
+        embeddings = predictor_embeddings(predictor, paths1 + paths2, progress=progress)
+    result = score_trials(embeddings, paths1, paths2, labels, trials_path)
+    state_path = Path(model_dir) / STATE_FILE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    state.update(threshold=result["threshold"], eer=result["eer"], min_dcf=result["min_dcf"],
+                 min_dcf_05=result["min_dcf_05"], calibration_trials=Path(trials_path).name,
+                 calibration_num_trials=result["num_trials"])
+    tmp = state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, state_path)
+    return result
