@@ -19,19 +19,12 @@ import yaml
 from mvector import __version__
 from mvector.config import config_from_dict, save_config
 from mvector.errors import ConfigError, ModelMismatchError
+from mvector.fileio import fsync_dir
 
 MODEL_FILE = "model.pth"
 CONFIG_FILE = "config.yml"
 STATE_FILE = "model.state"
 TRAINING_FILE = "training.pth"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def recover_model_dir(path) -> None:
@@ -75,7 +68,7 @@ def save_model_dir(path, weights: dict, config: dict, state: dict, training_stat
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

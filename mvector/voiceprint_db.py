@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from mvector.audio import load_audio
 from mvector.errors import MVectorError
+from mvector.fileio import fsync_dir
 from mvector.search_index import SearchIndex
 
 try:
@@ -115,14 +116,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class VoiceprintDB:
@@ -449,7 +442,7 @@ class VoiceprintDB:
     def _place_audio(self, tmp: Path, folder: str, file: str) -> None:
         (self.path / folder).mkdir(exist_ok=True)
         os.replace(tmp, self.path / folder / file)
-        _fsync_dir(self.path / folder)
+        fsync_dir(self.path / folder)
 
     def _sweep(self) -> None:
         """Finish what a killed process left: rename committed temporary audio into place, delete
