@@ -27,6 +27,7 @@ from mvector.audio import load_audio
 from mvector.augment import DEFAULT_SPEEDS
 from mvector.data_lists import probe_durations
 from mvector.errors import AudioError, ConfigError
+from mvector.fileio import read_list_lines
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,7 @@ class TrainUtterance(NamedTuple):
 def read_data_list(path) -> list:
     """``[(path, label, duration or None), ...]`` from a ``path<TAB>label[<TAB>duration_seconds]`` list."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"data list not found: {path}") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read data list {path}: {error.strerror}") from None
+    lines = read_list_lines(path, "data list", ConfigError)
     entries = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

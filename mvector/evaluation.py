@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from mvector.audio import audio_duration, load_audio
 from mvector.errors import AudioError, MVectorError
+from mvector.fileio import read_list_lines
 from mvector.metrics import (AS_NORM_TOP_K, apply_as_norm, cohort_stats, cosine_score_matrix, det_curve,
                              pair_scores, verification_metrics)
 
@@ -32,12 +33,7 @@ REPORTED_FAILURES = 5
 def _read_rows(path, min_columns: int, max_columns: int, what: str, layout: str):
     """Split a TAB-separated list into rows, paths resolved against the list's folder."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise MVectorError(f"{what} not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MVectorError(f"cannot read {what} {path}: {exc}") from None
+    lines = read_list_lines(path, what)
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mvector.errors import MVectorError
+from mvector.fileio import read_list_lines
 
 # How many unusable files a report names.
 REPORTED_FAILURES = 5
@@ -20,12 +21,7 @@ REPORTED_FAILURES = 5
 def read_path_list(list_path) -> list:
     """The audio paths of a list (first TAB-separated column of each non-empty line)."""
     list_path = Path(list_path)
-    try:
-        lines = list_path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise MVectorError(f"file list not found: {list_path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MVectorError(f"cannot read file list {list_path}: {exc}") from None
+    lines = read_list_lines(list_path, "file list")
     paths = [line.split("\t")[0].strip() for line in lines if line.strip()]
     if not paths:
         raise MVectorError(f"file list {list_path} is empty")

@@ -1,5 +1,8 @@
-"""Small file helpers shared by the modules that write durably."""
+"""Small file helpers shared by the modules that read lists and write durably."""
 import os
+from pathlib import Path
+
+from mvector.errors import MVectorError
 
 
 def fsync_dir(path) -> None:
@@ -10,3 +13,15 @@ def fsync_dir(path) -> None:
     finally:
         os.close(fd)
 
+
+def read_list_lines(path, what: str, error: type = MVectorError) -> list[str]:
+    """The lines of a UTF-8 text list; a missing or unreadable file raises ``error`` naming ``what`` and the path."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # strerror, when there is one, is the reason without the path repeated.
+        reason = getattr(exc, "strerror", None) or exc
+        raise error(f"cannot read {what} {path}: {reason}") from None

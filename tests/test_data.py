@@ -55,6 +55,11 @@ def test_read_data_list_two_or_three_columns(tmp_path):
             read_data_list(path)
     with pytest.raises(ConfigError, match="not found"):
         read_data_list(tmp_path / "absent.txt")
+    path.write_bytes(b"/a.wav\t0\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match="cannot read data list .*list.txt: 'utf-8' codec can't decode"):
+        read_data_list(path)
+    with pytest.raises(ConfigError, match="cannot read data list"):
+        read_data_list(tmp_path)
 
 
 def test_crops_per_epoch_and_lengths(train_list):
