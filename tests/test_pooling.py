@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mvector.errors import ConfigError
-from mvector.models.masking import conv_lengths, lengths_to_mask
+from mvector.models.masking import conv_lengths, lengths_to_mask, spectrogram_input, strided_masks
 from mvector.models.pooling import POOLINGS, build_pooling
 
 NAMES = ["ASP", "SAP", "TSP", "TAP", "TSTP"]
@@ -55,3 +55,31 @@ def test_conv_lengths_match_torch_convolution():
         for length in [9, 10, 20, 33]:
             expected = conv(torch.zeros(1, 1, length)).shape[-1]
             assert conv_lengths(torch.tensor([length]), kernel, stride, padding, dilation).item() == expected
+            assert conv_lengths(length, kernel, stride, padding, dilation) == expected
+
+
+def test_spectrogram_input_is_channels_last_with_padding_zeroed_even_when_not_finite():
+    x = torch.randn(2, 7, 5)
+    x[1, 4:] = float("nan")
+    x[1, 5] = float("inf")
+    out, mask = spectrogram_input(x, torch.tensor([7, 4]))
+    assert out.shape == (2, 1, 5, 7) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(mask, lengths_to_mask(torch.tensor([7, 4]), 7))
+    torch.testing.assert_close(out[0, 0], x[0].T)
+    torch.testing.assert_close(out[1, 0, :, :4], x[1, :4].T)
+    assert torch.equal(out[1, 0, :, 4:], torch.zeros(5, 3))
+    unmasked, no_mask = spectrogram_input(x[:1], None)
+    assert no_mask is None and torch.equal(unmasked[0, 0], x[0].T)
+
+
+def test_strided_masks_follow_each_strided_convolution():
+    conv = torch.nn.Conv1d(1, 1, kernel_size=3, stride=2, padding=1)
+    lengths, frames = torch.tensor([37, 20, 5]), 37
+    masks = strided_masks(lengths, frames, 3, torch.float16, kernel_size=3, stride=2, padding=1)
+    assert len(masks) == 3
+    for mask in masks:
+        frames = conv(torch.zeros(1, 1, frames)).shape[-1]
+        lengths = torch.tensor([conv(torch.zeros(1, 1, int(n))).shape[-1] for n in lengths])
+        assert mask.dtype == torch.float16
+        torch.testing.assert_close(mask, lengths_to_mask(lengths, frames, torch.float16))
+    assert strided_masks(None, 37, 2, torch.float32, kernel_size=3, stride=2, padding=1) == [None, None]

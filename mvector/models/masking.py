@@ -15,11 +15,35 @@ def lengths_to_mask(lengths, max_len: int, dtype=torch.float32):
 
 
 def conv_lengths(lengths, kernel_size: int = 1, stride: int = 1, padding: int = 0, dilation: int = 1):
-    """Valid output length of a convolution/pooling applied to sequences of ``lengths`` frames."""
+    """Valid output length of a convolution/pooling applied to sequences of ``lengths`` frames
+    (a ``[B]`` tensor, or an int such as a feature map's width)."""
     if lengths is None:
         return None
     span = dilation * (kernel_size - 1) + 1
-    return torch.div(lengths + 2 * padding - span, stride, rounding_mode="floor") + 1
+    return (lengths + 2 * padding - span) // stride + 1  # floor division for ints and tensors alike
+
+
+def spectrogram_input(x, lengths):
+    """``[B, T, D]`` features -> (``[B, 1, D, T]`` channels-last map with padded frames zeroed, its mask).
+
+    Channels-last memory makes 2-D convolutions much faster on CPU. Padding is zeroed with
+    masked_fill, not ``x * mask``: padded frames may hold inf/NaN, and 0 * inf is NaN.
+    """
+    x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+    mask = lengths_to_mask(lengths, x.shape[-1], x.dtype)
+    if mask is not None:
+        x = x.masked_fill(mask.unsqueeze(1) == 0, 0.0)
+    return x, mask
+
+
+def strided_masks(lengths, frames: int, steps: int, dtype, **conv):
+    """Masks after each of ``steps`` successive time-strided convs (``conv``: their kernel_size,
+    stride, padding) of a ``frames``-wide input -> list of ``steps`` masks (None without lengths)."""
+    masks = []
+    for _ in range(steps):
+        lengths, frames = conv_lengths(lengths, **conv), conv_lengths(frames, **conv)
+        masks.append(lengths_to_mask(lengths, frames, dtype))
+    return masks
 
 
 def apply_mask(x, mask):

@@ -19,10 +19,6 @@ STEM_CONV = dict(kernel_size=7, stride=3, padding=1)
 STEM_POOL = dict(kernel_size=3, stride=2, padding=1)
 
 
-def _out_size(size, kernel_size, stride, padding):
-    return (size + 2 * padding - kernel_size) // stride + 1
-
-
 class Bottle2neck(nn.Module):
     """Res2Net bottleneck: 1x1 conv, a chain of 3x3 convs over channel groups, 1x1 conv, residual.
 
@@ -88,7 +84,7 @@ class Res2Net(nn.Module):
         self.stem_conv = nn.Conv2d(1, m_channels, bias=False, **STEM_CONV)
         self.stem_bn = nn.BatchNorm2d(m_channels)
         self.stem_pool = nn.MaxPool2d(**STEM_POOL)
-        freq = _out_size(_out_size(input_size, **STEM_CONV), **STEM_POOL)
+        freq = conv_lengths(conv_lengths(input_size, **STEM_CONV), **STEM_POOL)
 
         blocks = []
         in_channels = m_channels
@@ -99,7 +95,7 @@ class Res2Net(nn.Module):
                 blocks.append(Bottle2neck(in_channels, planes, stride if i == 0 else 1, base_width, scale,
                                           first_in_stage=i == 0))
                 in_channels = planes * Bottle2neck.expansion
-            freq = _out_size(freq, 3, stride, 1)
+            freq = conv_lengths(freq, kernel_size=3, stride=stride, padding=1)
         self.blocks = nn.ModuleList(blocks)
 
         self.pooling = build_pooling(pooling_type, in_channels * freq)

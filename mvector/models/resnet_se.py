@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mvector.models import BACKBONES
-from mvector.models.masking import apply_mask, conv_lengths, lengths_to_mask
+from mvector.models.masking import apply_mask, spectrogram_input, strided_masks
 from mvector.models.pooling import build_pooling
 
 # Each stage after the first halves frequency and time with a 3x3, stride-2, padding-1 conv.
@@ -101,15 +101,8 @@ class ResNetSE(nn.Module):
 
     def forward(self, x, lengths=None):
         """``x`` [B, T, D] features, ``lengths`` [B] valid frames (None: all) -> [B, embd_dim]."""
-        # [B, 1, F, T] in channels-last memory: much faster 2-D convolutions on CPU.
-        x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-        mask = lengths_to_mask(lengths, x.shape[-1], x.dtype)
-        if mask is not None:
-            x = x.masked_fill(mask.unsqueeze(1) == 0, 0.0)  # not x * mask: padding may hold inf/NaN
-        masks, frames = [mask], x.shape[-1]
-        for _ in self.stages[1:]:
-            lengths, frames = conv_lengths(lengths, **_DOWN), (frames - 1) // 2 + 1
-            masks.append(lengths_to_mask(lengths, frames, x.dtype))
+        x, mask = spectrogram_input(x, lengths)
+        masks = [mask] + strided_masks(lengths, x.shape[-1], len(self.stages) - 1, x.dtype, **_DOWN)
         out = self.relu(self.bn1(self.conv1(x)))
         for index, stage in enumerate(self.stages):
             in_mask = masks[max(index - 1, 0)]  # the first block of a stage does the stride
