@@ -80,21 +80,17 @@ def record(seconds: float, sample_rate: int = SAMPLE_RATE, on_start=None) -> np.
 
     ``on_start()`` is called once the stream is open, so a "speak now" prompt is not shown
     while connecting to the server still takes time (and the start of the speech is lost)."""
-    numframes = _frames(seconds, sample_rate)
-    microphone = default_microphone()
+    chunks = record_chunks(seconds, sample_rate, on_start)
     try:
-        with microphone.recorder(samplerate=sample_rate, channels=1) as recorder:
-            if on_start is not None:
-                on_start()
-            data = recorder.record(numframes=numframes)
-    except Exception as exc:
-        raise MicrophoneError(f"recording from {microphone.name!r} failed ({type(exc).__name__}: {exc})") from None
-    return _mono(data)
+        return next(chunks)
+    finally:
+        chunks.close()  # closes the recorder now, not whenever the generator is collected
 
 
 def record_chunks(seconds: float, sample_rate: int = SAMPLE_RATE, on_start=None):
     """Record without gaps, yielding consecutive ``seconds``-long float32 mono chunks until the
-    generator is closed; one open recorder, so no audio falls between chunks."""
+    generator is closed; one open recorder, so no audio falls between chunks. ``on_start`` as
+    for ``record``."""
     numframes = _frames(seconds, sample_rate)
     microphone = default_microphone()
     try:

@@ -236,3 +236,60 @@ def test_soundcard_import_failure_becomes_microphone_error(monkeypatch):
 def test_bad_recording_length(seconds):
     with pytest.raises(MicrophoneError, match="positive number of seconds"):
         microphone.record(seconds)
+
+
+class FakeMicrophone:
+    """Stands in for soundcard's microphone: records a ramp in two channels, or fails."""
+
+    name = "fake"
+
+    def __init__(self, fail=False):
+        self.fail, self.opened, self.closed, self.requests = fail, 0, 0, []
+
+    def recorder(self, samplerate, channels):
+        microphone = self
+
+        class Recorder:
+            def __enter__(self):
+                microphone.opened += 1
+                return self
+
+            def __exit__(self, *exc):
+                microphone.closed += 1
+
+            def record(self, numframes):
+                if microphone.fail:
+                    raise RuntimeError("device unplugged")
+                microphone.requests.append(numframes)
+                ramp = np.arange(numframes, dtype=np.float64)
+                return np.stack([ramp, -ramp], axis=1)
+
+        return Recorder()
+
+
+def test_record_opens_records_once_and_closes(monkeypatch):
+    fake, started = FakeMicrophone(), []
+    monkeypatch.setattr(microphone, "default_microphone", lambda: fake)
+    audio = microphone.record(0.25, 16000, on_start=lambda: started.append(fake.opened))
+    assert audio.dtype == np.float32 and audio.shape == (4000,) and audio.flags.c_contiguous
+    np.testing.assert_array_equal(audio, np.arange(4000, dtype=np.float32))  # first channel
+    assert started == [1] and fake.requests == [4000] and fake.closed == 1
+
+
+def test_record_chunks_keeps_one_recorder_open_until_closed(monkeypatch):
+    fake = FakeMicrophone()
+    monkeypatch.setattr(microphone, "default_microphone", lambda: fake)
+    chunks = microphone.record_chunks(0.1, 8000)
+    assert [len(next(chunks)) for _ in range(3)] == [800, 800, 800]
+    assert fake.opened == 1 and fake.closed == 0
+    chunks.close()
+    assert fake.closed == 1
+
+
+@pytest.mark.parametrize("start", [lambda: microphone.record(1.0), lambda: next(microphone.record_chunks(1.0))])
+def test_a_failing_recorder_is_a_microphone_error_naming_it(monkeypatch, start):
+    fake = FakeMicrophone(fail=True)
+    monkeypatch.setattr(microphone, "default_microphone", lambda: fake)
+    with pytest.raises(MicrophoneError, match=r"recording from 'fake' failed \(RuntimeError: device unplugged\)"):
+        start()
+    assert fake.closed == 1
