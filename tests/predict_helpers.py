@@ -1,4 +1,4 @@
-"""A tiny model directory with random weights for the predictor, export and CLI tests."""
+"""A tiny model directory with random weights for the predictor, export, CLI, recognition-app and microphone tests."""
 from pathlib import Path
 
 import numpy as np

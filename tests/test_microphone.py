@@ -19,6 +19,7 @@ from mvector import microphone
 from mvector.audio import load_audio
 from mvector.microphone import MicrophoneError
 from mvector.recognition_app import EXIT_ERROR, EXIT_OK
+from predict_helpers import make_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
@@ -28,23 +29,6 @@ PLAY_DELAY = 0.3
 # its latency drops miss the speech.
 MAX_SINK_LATENCY_US = 100_000
 PULSE_TOOLS = ("pulseaudio", "pactl", "paplay", "parecord")
-
-
-def make_model_dir(path: Path) -> Path:
-    """A tiny TDNN with random weights, saved as a real model directory."""
-    import torch
-
-    from mvector.config import load_config
-    from mvector.embedder import build_embedder
-    from mvector.model_dir import save_model_dir
-
-    torch.manual_seed(0)
-    config = load_config(ROOT / "configs" / "tdnn.yml", overrides=[
-        "model_conf.model_args.channels=64", "model_conf.model_args.embd_dim=32",
-        "preprocess_conf.method_args.num_mel_bins=40"])
-    embedder = build_embedder(config)
-    weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
-    return save_model_dir(path, weights, config, {"threshold": 0.5})
 
 
 def sink_latency_us(env) -> int:

@@ -6,28 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from mvector.audio import load_audio
-from mvector.config import load_config
-from mvector.embedder import build_embedder
 from mvector.microphone import MicrophoneError
-from mvector.model_dir import save_model_dir
 from mvector.recognition_app import (EXIT_ERROR, EXIT_NOT_RECOGNISED, EXIT_OK, RecognitionApp, main)
+from predict_helpers import make_model_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
-
-
-def make_model_dir(path: Path) -> Path:
-    """A tiny TDNN with random weights, saved as a real model directory."""
-    torch.manual_seed(0)
-    config = load_config(ROOT / "configs" / "tdnn.yml", overrides=[
-        "model_conf.model_args.channels=64", "model_conf.model_args.embd_dim=32",
-        "preprocess_conf.method_args.num_mel_bins=40"])
-    embedder = build_embedder(config)
-    weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
-    return save_model_dir(path, weights, config, {"threshold": 0.5})
 
 
 @pytest.fixture(scope="module")
