@@ -45,18 +45,23 @@ def make_model_dir(path, state=None, seed=0):
     return save_model_dir(path, weights, config, {"threshold": 0.5} if state is None else state)
 
 
-def dev_files(count):
-    """``count`` real recordings from the dev set (different speakers first), or skip."""
+def dev_by_speaker():
+    """``{speaker: [Path, ...]}`` of the dev set, in list order, or skip when it is absent."""
     listing = DATA / "dev" / "list.tsv"
     if not listing.is_file():
         import pytest
         pytest.skip(f"real speech not found at {DATA / 'dev'}")
-    rows = [line.split("\t") for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
     by_speaker = {}
-    for path, speaker in rows:
-        by_speaker.setdefault(speaker.strip(), []).append(str(DATA / "dev" / path))
-    ordered = [p for group in zip(*by_speaker.values()) for p in group] if by_speaker else []
-    return (ordered or [str(DATA / "dev" / p) for p, _ in rows])[:count]
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            path, speaker = line.split("\t")
+            by_speaker.setdefault(speaker.strip(), []).append(DATA / "dev" / path)
+    return by_speaker
+
+
+def dev_files(count):
+    """``count`` real recordings from the dev set (different speakers first), or skip."""
+    return [str(p) for group in zip(*dev_by_speaker().values()) for p in group][:count]
 
 
 def write_wav(path, wav, sample_rate=SAMPLE_RATE, subtype="PCM_16"):

@@ -19,10 +19,9 @@ from mvector import microphone
 from mvector.audio import load_audio
 from mvector.microphone import MicrophoneError
 from mvector.recognition_app import EXIT_ERROR, EXIT_OK
-from predict_helpers import make_model_dir
+from predict_helpers import dev_by_speaker, make_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 RATE = 16000
 PLAY_DELAY = 0.3
 # A fresh null sink buffers ~2 s until a low-latency reader is attached; recordings made before
@@ -80,12 +79,7 @@ def pulse_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     """Two dev utterances of different speakers as 16 kHz mono 16-bit WAV (what paplay plays)."""
-    if not (DEV / "list.tsv").is_file():
-        pytest.skip(f"dev data not found at {DEV}")
-    by_speaker = {}
-    for line in (DEV / "list.tsv").read_text(encoding="utf-8").splitlines():
-        path, speaker = line.split("\t")
-        by_speaker.setdefault(speaker.strip(), []).append(DEV / path)
+    by_speaker = dev_by_speaker()
     folder = tmp_path_factory.mktemp("speech")
     wavs = []
     for speaker in sorted(by_speaker)[:2]:

@@ -1,8 +1,6 @@
 """The recognition app: non-interactive flags and exit codes, the interactive menu and continuous
 mode (microphone replaced by real dev utterances), one-line errors. A small random-weights TDNN
 stands in for a trained model: the same recording always matches itself best."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -10,9 +8,8 @@ import soundfile as sf
 from mvector.audio import load_audio
 from mvector.microphone import MicrophoneError
 from mvector.recognition_app import (EXIT_ERROR, EXIT_NOT_RECOGNISED, EXIT_OK, RecognitionApp, main)
-from predict_helpers import make_model_dir
+from predict_helpers import dev_by_speaker, make_model_dir
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +20,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def utterances():
     """Two utterances of one speaker and one of another, from the dev set."""
-    if not (DEV / "list.tsv").is_file():
-        pytest.skip(f"dev data not found at {DEV}")
-    by_speaker = {}
-    for line in (DEV / "list.tsv").read_text(encoding="utf-8").splitlines():
-        path, speaker = line.split("\t")
-        by_speaker.setdefault(speaker.strip(), []).append(DEV / path)
+    by_speaker = dev_by_speaker()
     first, second = sorted(by_speaker)[:2]
     return by_speaker[first][0], by_speaker[first][1], by_speaker[second][0]
 
