@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mvector.audio import audio_duration
 from mvector.errors import ConfigError, MVectorError
+from mvector.fileio import read_list_lines
 from mvector.registry import Registry
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
@@ -213,7 +214,7 @@ def read_speaker_list(list_path: Path):
     """A ``relative/path<TAB>speaker_id`` list; paths resolved against the list's folder."""
     base = list_path.parent
     utterances = []
-    for number, line in enumerate(_read_lines(list_path), start=1):
+    for number, line in enumerate(read_list_lines(list_path, "corpus list", ConfigError), start=1):
         if not line.strip():
             continue
         parts = line.rstrip("\n").split("\t")
@@ -223,11 +224,6 @@ def read_speaker_list(list_path: Path):
     return utterances
 
 
-def _read_lines(path: Path):
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
 
 
 def _absolute(base: Path, relative: str) -> str:
@@ -266,7 +262,7 @@ class SharedLayout:
 
 def _read_pair_trials(path: Path):
     trials = []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_list_lines(path, "trial list", ConfigError), start=1):
         if not line.strip():
             continue
         parts = line.rstrip("\n").split("\t")
@@ -312,7 +308,7 @@ class CNCelebLayout:
         enroll_paths = {p.stem: os.path.abspath(p) for p in _audio_files(eval_dir / "enroll")}
         lists = eval_dir / "lists"
         trials = []
-        for number, line in enumerate(_read_lines(lists / "trials.lst"), start=1):
+        for number, line in enumerate(read_list_lines(lists / "trials.lst", "CN-Celeb trial list", ConfigError), start=1):
             parts = line.split()
             if not parts:
                 continue
@@ -353,7 +349,7 @@ class VoxCelebLayout:
         if trial_file is None:
             return Corpus(train=everyone)
         trials = []
-        for number, line in enumerate(_read_lines(trial_file), start=1):
+        for number, line in enumerate(read_list_lines(trial_file, "VoxCeleb trial list", ConfigError), start=1):
             parts = line.split()
             if not parts:
                 continue

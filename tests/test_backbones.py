@@ -23,6 +23,8 @@ def test_padding_does_not_change_the_embedding(name):
     short = torch.randn(1, 137, 80)
     long = torch.randn(1, 301, 80)
     garbage = torch.randn(1, 301 - 137, 80) * 10
+    garbage[0, :3, :4] = float("nan")  # padding may hold anything, NaN and inf included
+    garbage[0, 5:7] = float("inf")
     batch = torch.cat([torch.cat([short, garbage], dim=1), long], dim=0)
     with torch.no_grad():
         alone_short, alone_long = model(short), model(long)

@@ -47,12 +47,14 @@ def strided_masks(lengths, frames: int, steps: int, dtype, **conv):
 
 
 def apply_mask(x, mask):
-    """Zero the padded frames of ``x`` (any ``[B, ..., T]``); a no-op without a mask."""
+    """Zero the padded frames of ``x`` (any ``[B, ..., T]``); a no-op without a mask.
+
+    A fill rather than a product, so padding that holds inf or NaN cannot leak (0 * NaN is NaN)."""
     if mask is None:
         return x
     if x.dim() == 4 and mask.dim() == 3:  # [B, C, F, T] feature maps of 2-D backbones
         mask = mask.unsqueeze(2)
-    return x * mask.to(x.dtype)
+    return x.masked_fill(mask == 0, 0.0)
 
 
 def masked_mean(x, mask, dim: int = -1, keepdim: bool = False):
