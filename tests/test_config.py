@@ -9,6 +9,7 @@ from mvector.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yml"))
 MODEL_CONFIGS = [p for p in CONFIGS if p.name != "augmentation.yml"]
+RECIPES = sorted(p for p in (ROOT / "configs" / "recipes").glob("*.yml") if not p.name.startswith("augmentation"))
 
 
 def write(tmp_path, data):
@@ -21,6 +22,15 @@ def write(tmp_path, data):
 def test_shipped_configs_load_and_hold_every_section(path):
     config = load_config(path)
     assert set(config) == set(SCHEMA)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipes_load_with_their_augmentation(path, monkeypatch):
+    from mvector.augment import load_augmentation_config
+
+    monkeypatch.chdir(ROOT)  # recipes name their augmentation file relative to the project
+    config = load_config(path)
+    assert load_augmentation_config(config["dataset_conf"]["aug_conf_path"])
 
 
 def test_there_is_one_config_per_backbone():

@@ -1,0 +1,59 @@
+"""The model shipped inside the package: present, small, calibrated, and it tells voices apart."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mvector.model_dir import MODEL_FILE, STATE_FILE
+from mvector.pretrained import default_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT.parent / "shared" / "data" / "dev"
+MAX_WEIGHTS_BYTES = 15_000_000
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return default_model_dir()
+
+
+def test_the_default_model_is_small_and_carries_its_threshold_and_card(model_dir):
+    assert (model_dir / MODEL_FILE).stat().st_size <= MAX_WEIGHTS_BYTES
+    state = json.loads((model_dir / STATE_FILE).read_text(encoding="utf-8"))
+    assert 0.0 < state["threshold"] < 1.0 and 0.0 <= state["eer"] < 0.5
+    card = (model_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
+    for must in ("LibriSpeech", "Common Voice", "speechocean762", "EER", "MinDCF"):
+        assert must in card
+
+
+def dev_pairs(label, count):
+    rows = [line.split("\t") for line in (DEV / "trials.tsv").read_text(encoding="utf-8").splitlines()]
+    return [(DEV / a, DEV / b) for a, b, lab in rows if lab.strip() == label][:count]
+
+
+def test_the_default_model_separates_dev_speakers(model_dir):
+    if not (DEV / "trials.tsv").is_file():
+        pytest.skip(f"shared dev data not found at {DEV}")
+    from mvector.predict import MVectorPredictor
+
+    with MVectorPredictor() as predictor:
+        assert predictor.model_dir == model_dir
+        same = [predictor.contrast(a, b) for a, b in dev_pairs("1", 20)]
+        different = [predictor.contrast(a, b) for a, b in dev_pairs("0", 20)]
+    # An EER well under 10 % puts most of 20 pairs on the right side of the stored threshold.
+    assert np.mean(same) > np.mean(different) + 0.2
+    correct = sum(s >= predictor.threshold for s in same) + sum(d < predictor.threshold for d in different)
+    assert correct >= 32, (same, different)
+
+
+def test_infer_contrast_works_with_no_model_argument(model_dir):
+    if not (DEV / "trials.tsv").is_file():
+        pytest.skip(f"shared dev data not found at {DEV}")
+    (a, b), = dev_pairs("1", 1)
+    done = subprocess.run([sys.executable, str(ROOT / "infer_contrast.py"), "--audio_path1", str(a),
+                           "--audio_path2", str(b)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "similarity:" in done.stdout and "threshold:" in done.stdout
