@@ -45,7 +45,6 @@ def setup(tmp_path_factory):
         "same_file": contrast + ["--audio_path1", a, "--audio_path2", a, "--threshold", "0.999"],
         "strict": contrast + ["--audio_path1", a, "--audio_path2", b, "--threshold", "1.0"],
         "bad_threshold": contrast + ["--audio_path1", a, "--audio_path2", b, "--threshold", "2"],
-        "no_model": ["infer_contrast.py", "--audio_path1", a, "--audio_path2", b],
         "extract": ["extract_embeddings.py", "--list", str(listing), "--out", str(folder / "out" / "emb.npz"),
                     "--model_dir", str(model), "--batch_size", "2"],
         "extract_all_bad": ["extract_embeddings.py", "--list", str(all_bad), "--out", str(folder / "none.npz"),
@@ -99,16 +98,13 @@ def test_bad_file_is_one_line_naming_the_file_and_the_problem(setup, kind):
     assert path in line and problem in line
 
 
-def test_no_model_is_one_clear_line(setup):
-    from mvector.errors import MVectorError
-    from mvector.pretrained import default_model_dir
-    try:
-        default_model_dir()
-        pytest.skip("a pretrained model is shipped")
-    except MVectorError:
-        pass
-    code, _, err = setup["results"]["no_model"]
-    assert code == 2 and "no pretrained model is shipped yet; pass model_dir" in _one_error_line(err)
+def test_no_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    import mvector.pretrained
+    from mvector.cli import contrast, run_cli
+
+    monkeypatch.setattr(mvector.pretrained, "DEFAULT_MODEL_NAME", "NoSuchModel")  # as before one ships
+    assert run_cli(contrast, str(tmp_path / "a.wav"), str(tmp_path / "b.wav")) == 2
+    assert "no pretrained model is shipped yet; pass model_dir" in _one_error_line(capsys.readouterr().err)
 
 
 def test_extract_embeddings_skips_and_reports_bad_files(setup):
