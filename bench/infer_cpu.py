@@ -1,0 +1,268 @@
+"""Benchmark: CPU inference speed of the six backbones, feature extraction included.
+
+    python bench/infer_cpu.py [--backbones CAMPPlus TDNN] [--repeats 5] [--threads 2]
+                              [--paths eager fused onnx] [--peer-python /work/peer_venv/bin/python]
+
+For each backbone (its config in configs/, random weights) and each shape (one 3 s utterance,
+16 of them in one call, one 10 s utterance) it times ``MVectorPredictor.predict`` /
+``predict_batch`` on numpy arrays, i.e. the whole user-facing path: loudness normalisation,
+padding, Fbank, backbone, L2 normalisation. Paths: ``eager`` (the torch backend as shipped),
+``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.fuse_batchnorm``)
+and ``onnx`` (``mvector.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``).
+
+One figure per line, the value last: ``<backbone> <path> <shape> <metric> <value>``:
+  xRT            seconds of audio embedded per wall second (median of --repeats calls, after warm-up)
+  GFLOPs         model FLOPs of one call (torch.utils.flop_counter on the eager path) / median time
+  peak_fraction  that GFLOP/s over the fp32 matmul peak measured at the start of the same run
+  cosine_vs_eager  lowest cosine between the path's embeddings and the eager ones (same inputs)
+  ratio_vs_peer  this path's xRT / the reference toolkit's (``--peer-python``), same run and inputs
+``--peer-python`` runs bench/peer_infer.py under the interpreter of a venv holding the reference
+toolkit (PyPI ``mvector==1.1.7``; recipe in bench/README.md): its predictor, its packaged config
+of the same name, random weights, the same arrays and thread count.
+"""
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mvector.backends import ONNX_FILE, import_onnxruntime  # noqa: E402
+from mvector.config import load_config  # noqa: E402
+from mvector.embedder import build_embedder  # noqa: E402
+from mvector.export import export_model  # noqa: E402
+from mvector.inference import fuse_batchnorm  # noqa: E402
+from mvector.model_dir import save_model_dir  # noqa: E402
+from mvector.predict import MVectorPredictor  # noqa: E402
+from mvector.registry import Registry  # noqa: E402
+from synthetic_voice import voice_like  # noqa: E402
+
+SAMPLE_RATE = 16000
+# name -> (utterances in one call, seconds each)
+SHAPES = {"b1x3s": (1, 3.0), "b16x3s": (16, 3.0), "b1x10s": (1, 10.0)}
+MATMUL_SIZE = 2048
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_infer.py"
+PATHS = Registry("inference path")
+
+
+def backbone_configs() -> dict:
+    """Backbone name -> its config file in configs/ (the recipe that ships for it)."""
+    found = {}
+    for path in sorted((ROOT / "configs").glob("*.yml")):
+        model = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model_conf", {}).get("model")
+        if model:
+            found[model] = path
+    return found
+
+
+def make_model_dir(config_path: Path, folder: Path, seed: int = 0) -> Path:
+    """Random weights as a model directory. BatchNorm statistics are randomised too, so that the
+    fused path has real statistics to fold and its cosine check means something."""
+    config = load_config(config_path)
+    torch.manual_seed(seed)
+    embedder = build_embedder(config)
+    generator = torch.Generator().manual_seed(seed)
+    for module in embedder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_(0, 0.1, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+    weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
+    return save_model_dir(folder, weights, config, {"threshold": 0.5})
+
+
+def make_workload() -> dict:
+    """shape -> list of voice-like float32 arrays (every utterance a different voice)."""
+    return {shape: [voice_like(seconds, SAMPLE_RATE, seed=100 * i + n) for n in range(count)]
+            for i, (shape, (count, seconds)) in enumerate(SHAPES.items())}
+
+
+def matmul_peak_gflops(repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of a large square matmul on the current torch thread count."""
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    torch.mm(a, b)
+    best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * MATMUL_SIZE ** 3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def embed(predictor, batch) -> np.ndarray:
+    """The user-facing call: ``predict`` for one utterance, ``predict_batch`` for several."""
+    if len(batch) == 1:
+        return predictor.predict(batch[0], sample_rate=SAMPLE_RATE)[None]
+    return predictor.predict_batch(batch, sample_rate=SAMPLE_RATE)
+
+
+# ------------------------------------------------------------------ our inference paths
+# Each builds a predictor from the random-weight model directory; ``workdir`` is a scratch folder.
+
+
+@PATHS.register(name="eager")
+def eager_path(model_dir, workdir, threads):
+    return MVectorPredictor(model_dir)
+
+
+@PATHS.register(name="fused")
+def fused_path(model_dir, workdir, threads):
+    predictor = MVectorPredictor(model_dir)
+    lengths = np.array([2 * SAMPLE_RATE, 3 * SAMPLE_RATE // 2])
+    waves = np.zeros((2, lengths.max()), dtype=np.float32)
+    for row, (wav, n) in enumerate(zip([voice_like(2.0, SAMPLE_RATE, seed=7)] * 2, lengths)):
+        waves[row, :n] = wav[:n]
+    backend = predictor._backend  # the torch backend runs whatever embedder it holds
+    backend.embedder = fuse_batchnorm(backend.embedder, (torch.from_numpy(waves), torch.from_numpy(lengths)))
+    return predictor
+
+
+@PATHS.register(name="onnx")
+def onnx_path(model_dir, workdir, threads):
+    out_dir = Path(workdir) / "onnx"
+    # torch's exporter warns about torchvision operators it skips registering: noise here.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    export_model(model_dir, out_dir, formats=("onnx",))
+    predictor = MVectorPredictor(out_dir, backend="onnx")
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # The backend's session uses ONNX Runtime's default thread count; this one uses --threads.
+    predictor._backend.session = ort.InferenceSession(str(out_dir / ONNX_FILE), sess_options=options,
+                                                      providers=["CPUExecutionProvider"])
+    return predictor
+
+
+def time_path(predictor, workload, repeats):
+    """shape -> (median seconds per call, embeddings of the first call)."""
+    results = {}
+    for shape, batch in workload.items():
+        first = embed(predictor, batch)  # warm-up
+        times = [_seconds(lambda: embed(predictor, batch)) for _ in range(repeats)]
+        results[shape] = (statistics.median(times), first)
+    return results
+
+
+def count_flops(predictor, workload) -> dict:
+    """shape -> FLOPs of one call (matmuls and convolutions, as torch's flop counter counts)."""
+    flops = {}
+    for shape, batch in workload.items():
+        with FlopCounterMode(display=False) as counter:
+            embed(predictor, batch)
+        flops[shape] = counter.get_total_flops()
+    return flops
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
+
+def run_peer(peer_python, config_name, workload, repeats, threads):
+    """The reference's figures (shape -> dict), or a dict with 'error' saying why there are none."""
+    if not Path(peer_python).is_file():
+        return {"error": f"peer interpreter not found: {peer_python}"}
+    with tempfile.TemporaryDirectory() as folder:
+        audio = Path(folder) / "audio.npz"
+        np.savez(audio, **{f"{shape}__{i}": wav for shape, batch in workload.items() for i, wav in enumerate(batch)})
+        # -I and a scratch cwd: `mvector` must be the peer's installed toolkit, never this checkout.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        try:
+            done = subprocess.run([peer_python, "-I", str(PEER_SCRIPT), config_name, str(audio), str(repeats),
+                                   str(threads)], cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"error": f"peer run failed: {exc}"}
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"peer run failed (exit {done.returncode}): {tail}"}
+
+
+def figure(*words):
+    print(" ".join(str(w) for w in words), flush=True)
+
+
+def bench_backbone(name, config_path, args, peak, workload):
+    xrt = {}  # path -> shape -> xRT, for the ratios to the peer
+    with tempfile.TemporaryDirectory() as workdir:
+        model_dir = make_model_dir(config_path, Path(workdir) / "model")
+        # Model FLOPs are what the eager graph computes; every path is measured against them.
+        flops = count_flops(eager_path(model_dir, workdir, args.threads), workload)
+        for shape in SHAPES:
+            figure(name, "model", shape, "GFLOP_per_call", f"{flops[shape] / 1e9:.3f}")
+        eager = None
+        for path in args.paths:
+            try:
+                predictor = PATHS.get_class(path)(model_dir, workdir, args.threads)
+            except Exception as exc:  # e.g. an export that fails: the other paths still run
+                reason = (str(exc).strip().splitlines() or [""])[0]
+                print(f"note: {name} {path}: not measured: {type(exc).__name__}: {reason}", file=sys.stderr)
+                continue
+            timings = time_path(predictor, workload, args.repeats)
+            xrt[path] = {}
+            for shape, (seconds, embeddings) in timings.items():
+                count, duration = SHAPES[shape]
+                xrt[path][shape] = count * duration / seconds
+                gflops = flops[shape] / seconds / 1e9
+                figure(name, path, shape, "xRT", f"{xrt[path][shape]:.1f}")
+                figure(name, path, shape, "GFLOPs", f"{gflops:.2f}")
+                figure(name, path, shape, "peak_fraction", f"{gflops / peak:.3f}")
+                if eager is not None:
+                    figure(name, path, shape, "cosine_vs_eager", f"{min_cosine(embeddings, eager[shape]):.6f}")
+            if path == "eager":
+                eager = {shape: embeddings for shape, (_, embeddings) in timings.items()}
+    if not args.peer_python:
+        return
+    peer = run_peer(args.peer_python, config_path.stem, workload, args.repeats, args.threads)
+    if "error" in peer:
+        print(f"note: {name}: no peer figures: {peer['error']}", file=sys.stderr)
+        return
+    for shape, result in peer.items():
+        peer_xrt = result["audio_seconds"] / result["seconds"]
+        figure(name, "peer", shape, "xRT", f"{peer_xrt:.1f}")
+        figure(name, "peer", shape, "GFLOP_per_call", f"{result['flops'] / 1e9:.3f}")
+        for path, by_shape in xrt.items():
+            figure(name, path, shape, "ratio_vs_peer", f"{by_shape[shape] / peer_xrt:.2f}")
+
+
+def main():
+    configs = backbone_configs()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=list(configs), choices=list(configs))
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--peer-python", help="interpreter of a venv with the reference toolkit (mvector==1.1.7)")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be >= 1")
+    # Eager first: the other paths' cosines are against its embeddings.
+    args.paths = [path for path in PATHS if path in args.paths]
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops()
+    figure("matmul", "fp32", f"{MATMUL_SIZE}x{MATMUL_SIZE}", "peak_GFLOPs", f"{peak:.1f}")
+    workload = make_workload()
+    for name in args.backbones:
+        bench_backbone(name, configs[name], args, peak, workload)
+
+
+if __name__ == "__main__":
+    main()

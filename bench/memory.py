@@ -1,0 +1,118 @@
+"""Benchmark: peak memory of embedding one 10-minute recording with ``MVectorPredictor.predict``.
+
+    python bench/memory.py [--config configs/cam++.yml] [--minutes 10] [--threads 2]
+
+Prints ``predict_10min_peak_rss <MB> MB``: the peak resident set size (``resource.getrusage``
+``ru_maxrss``) of a fresh interpreter that imports mvector, loads a random-weight model directory
+of ``--config`` (the default model's recipe) and embeds a synthetic voice-like 16 kHz WAV file of
+``--minutes`` minutes from disk. Target: under 1 GB. Also ``predictor_ready_rss`` (resident size
+once the predictor is built, before ``predict``) and ``predict_10min_seconds`` (that one call).
+
+Three processes keep the figure honest: this one imports nothing heavy, a helper writes the WAV
+file and model directory, and the measured interpreter is started afresh, so that no peak of the
+preparation (or of a parent's address space, which Linux may carry into a child's ru_maxrss
+across fork and exec) is counted.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_MB = 1024
+SAMPLE_RATE = 16000
+
+
+def prepare(folder: Path, config: Path, minutes: float) -> None:
+    """Write ``folder/speech.wav`` and a random-weight model directory ``folder/model``."""
+    import soundfile as sf
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from mvector.config import load_config
+    from mvector.embedder import build_embedder
+    from mvector.model_dir import save_model_dir
+    from synthetic_voice import voice_like
+
+    sf.write(str(folder / "speech.wav"), voice_like(60 * minutes, SAMPLE_RATE, seed=0), SAMPLE_RATE, subtype="PCM_16")
+    loaded = load_config(config)
+    torch.manual_seed(0)
+    weights = {"backbone." + k: v for k, v in build_embedder(loaded).backbone.state_dict().items()}
+    save_model_dir(folder / "model", weights, loaded, {"threshold": 0.5})
+
+
+def resident_mb() -> float:
+    """Current resident set size (VmRSS) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(folder: Path, threads: int) -> dict:
+    import resource
+    import time
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from mvector.predict import MVectorPredictor
+
+    torch.set_num_threads(threads)
+    predictor = MVectorPredictor(folder / "model")
+    ready = resident_mb()
+    start = time.perf_counter()
+    embedding = predictor.predict(str(folder / "speech.wav"))
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return {"peak_mb": peak, "ready_mb": ready, "seconds": seconds,
+            "finite": bool(np.isfinite(embedding).all()), "dim": int(embedding.shape[0])}
+
+
+def run_step(*args) -> str:
+    """This script in a fresh interpreter; its stdout, or exit with its error."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *map(str, args)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench/memory.py {args[0]} failed (exit {done.returncode}):\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "cam++.yml")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--step", choices=["prepare", "measure"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step == "prepare":
+        prepare(args.folder, args.config, args.minutes)
+        return
+    if args.step == "measure":
+        print(json.dumps(measure(args.folder, args.threads)))
+        return
+    if not args.config.is_file():
+        parser.error(f"--config: no such file: {args.config}")
+    if not args.minutes > 0 or args.threads < 1:
+        parser.error("--minutes must be > 0 and --threads >= 1")
+    with tempfile.TemporaryDirectory() as folder:
+        run_step("--step", "prepare", "--folder", folder, "--config", args.config, "--minutes", args.minutes)
+        result = json.loads(run_step("--step", "measure", "--folder", folder, "--threads",
+                                     args.threads).strip().splitlines()[-1])
+    if not result["finite"]:
+        sys.exit("predict returned a non-finite embedding")
+    label = f"{args.minutes:g}min"
+    print(f"predictor_ready_rss {result['ready_mb']:.0f} MB")
+    print(f"predict_{label}_peak_rss {result['peak_mb']:.0f} MB")
+    print(f"predict_{label}_seconds {result['seconds']:.2f} s")
+    if result["peak_mb"] >= TARGET_MB:
+        print(f"note: peak RSS {result['peak_mb']:.0f} MB is over the {TARGET_MB} MB target", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
