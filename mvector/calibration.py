@@ -46,7 +46,8 @@ def calibrate(model_dir, trials_path, progress=True, use_gpu=False) -> dict:
     from mvector.predict import MVectorPredictor
 
     paths1, paths2, labels = read_trials(trials_path)
-    with MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu) as predictor:
+    # The threshold is what this measures; the one given here only keeps the predictor from warning.
+    with MVectorPredictor(model_dir=model_dir, threshold=0.5, use_gpu=use_gpu) as predictor:
         embeddings = predictor_embeddings(predictor, paths1 + paths2, progress=progress)
     result = score_trials(embeddings, paths1, paths2, labels, trials_path)
     state_path = Path(model_dir) / STATE_FILE

@@ -9,7 +9,7 @@ from mvector.errors import MVectorError
 from mvector.model_dir import MODEL_FILE
 
 # The model MVectorPredictor uses when no model_dir is given.
-DEFAULT_MODEL_NAME = "CAMPPlus_Fbank"
+DEFAULT_MODEL_NAME = "EcapaTdnn_Fbank"
 
 
 def default_model_dir() -> Path:
