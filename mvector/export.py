@@ -5,7 +5,9 @@ exporter; run it with ``MVectorPredictor(model_dir=out_dir, backend='onnx')``), 
 (``model.torchscript.pt``, ``torch.jit.trace``; ``torch.jit.load`` runs it) and ``pt2`` (``model.pt2``,
 a ``torch.export`` program; ``torch.export.load(path).module()`` runs it). Every graph maps
 ``waveforms[B, N]`` float32 (mono at the config's sample rate, loudness-normalised as the config says)
-and ``lengths[B]`` int64 to raw embeddings ``[B, E]``, with batch and time axes dynamic. The output
+and ``lengths[B]`` int64 to raw embeddings ``[B, E]``, with batch and time axes dynamic. The time axis
+takes any length from MIN_DURATION on (every shipped backbone needs less: Res2Net 5 frames, the others
+one); a backbone with a larger ``min_frames`` raises that minimum. The output
 directory also receives the model directory's files (model.pth, config.yml, model.state), so it is a
 complete model directory: config and state travel with the graphs.
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.fx.experimental import _config as fx_config
 
 from mvector.backends import INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME, import_onnxruntime
 from mvector.errors import ConfigError, MVectorError
@@ -34,6 +37,9 @@ PT2_FILE = "model.pt2"
 MIN_COSINE = 0.9999
 # Traced with one batch, checked with another: different batch size and lengths catch axes frozen by tracing.
 TRACE_SECONDS = (2.0, 1.3)
+# Without it torch.export specialises intermediate sizes that are 1 (or not) in the traced example (CAM++'s
+# count of 100-frame segments, Res2Net's 48x-strided time axis) and guards on them, freezing them.
+SIZE_OBLIVIOUS = {"backed_size_oblivious": True}
 CHECK_SECONDS = (3.1, MIN_DURATION, 2.2)
 
 
@@ -44,6 +50,13 @@ def _waveform_batch(seconds, sample_rate: int, seed: int):
     waves = 0.1 * torch.randn(len(seconds), int(lengths.max()), generator=generator)
     waves = torch.where(torch.arange(waves.shape[1]) < lengths[:, None], waves, torch.zeros(()))
     return waves, lengths
+
+
+def _samples_range(program):
+    """The value range torch.export settled on for the waveforms' time axis."""
+    waveforms = next(node for node in program.graph.nodes if node.op == "placeholder"
+                     and node.name == INPUT_NAMES[0])
+    return program.range_constraints[waveforms.meta["val"].shape[1].node.expr]
 
 
 class _Exporter:
@@ -58,12 +71,28 @@ class _Exporter:
             self.reference = embedder(*self.check)
         self._program = None
 
+    def min_samples(self) -> int:
+        """Shortest waveform the graph must take: MIN_DURATION, or more where the backbone needs more frames."""
+        samples = math.ceil(MIN_DURATION * self.sample_rate)
+        min_frames = getattr(self.embedder.backbone, "min_frames", 1)
+        while self.embedder.featurizer.num_frames(samples) < min_frames:
+            samples += 1
+        return samples
+
     def program(self):
         if self._program is None:
-            batch = torch.export.Dim("batch", min=1)
-            samples = torch.export.Dim("samples", min=math.ceil(MIN_DURATION * self.sample_rate))
-            shapes = {"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}}
-            self._program = torch.export.export(self.embedder, self.example, dynamic_shapes=shapes, strict=False)
+            # DYNAMIC dims: torch infers the constraints the graph implies (true for every length from the
+            # minimum on) instead of failing on guards it cannot prove; it still fails if an axis is frozen.
+            batch = torch.export.Dim.DYNAMIC(min=1)
+            min_samples = self.min_samples()
+            shapes = {"waveforms": {0: batch, 1: torch.export.Dim.DYNAMIC(min=min_samples)}, "lengths": {0: batch}}
+            with fx_config.patch(**SIZE_OBLIVIOUS):
+                program = torch.export.export(self.embedder, self.example, dynamic_shapes=shapes, strict=False)
+            needed = _samples_range(program).lower
+            if needed > min_samples:
+                raise MVectorError(f"the exported graph only takes waveforms of at least {needed} samples, "
+                                   f"but {type(self.embedder.backbone).__name__} must take {min_samples}")
+            self._program = program
         return self._program
 
     def verify(self, path: Path, embeddings) -> None:

@@ -3,12 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from mvector.backends import ONNX_FILE
+from mvector.backends import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME
 from mvector.cli import export, run_cli
+from mvector.config import load_config
+from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError, MVectorError
 from mvector.export import PT2_FILE, TORCHSCRIPT_FILE, export_model
-from mvector.predict import MVectorPredictor
-from predict_helpers import dev_files, make_model_dir
+from mvector.model_dir import load_embedder, save_model_dir
+from mvector.predict import MIN_DURATION, MVectorPredictor
+from predict_helpers import ROOT, SAMPLE_RATE, coloured_noise, dev_files, make_model_dir
 
 COS = 0.9999
 
@@ -116,3 +119,38 @@ def test_unknown_format_is_one_line_naming_the_valid_ones(model_dir, tmp_path, c
     assert err.count("\n") == 1 and "tflite" in err and "onnx, pt2, torchscript" in err
     with pytest.raises(ConfigError, match="no export format"):
         export_model(model_dir, tmp_path / "out", " , ")
+
+
+# Every backbone at a few channels and one block per stage: export time goes into tracing, not width.
+TINY_BACKBONES = {
+    "tdnn": ["channels=16"],
+    "ecapa_tdnn": ["channels=16", "scale=2"],
+    "cam++": ["growth_rate=4", "bn_size=2", "init_channels=8", "fcm_channels=4", "block_layers=[1,1,1]"],
+    "eres2net": ["m_channels=4", "num_blocks=[1,1,1,1]"],
+    "resnet_se": ["num_filters=[4,4,8,8]", "layers=[1,1,1,1]", "se_reduction=2"],
+    "res2net": ["m_channels=4", "layers=[1,1,1,1]"],
+}
+# Lengths other than those traced (2.0 s, 1.3 s) or checked by the exporter: alone (the shortest allowed,
+# one long enough for several CAM++ segments and 48x-strided Res2Net frames) and in one padded batch.
+ONNX_CHECK_SECONDS = [(MIN_DURATION,), (7.37,), (0.55, 4.03, MIN_DURATION, 1.01)]
+
+
+@pytest.mark.parametrize("config_name", sorted(TINY_BACKBONES))
+def test_every_backbone_exports_to_onnx_matching_pytorch_at_unseen_lengths(config_name, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    overrides = ["model_conf.model_args." + o for o in TINY_BACKBONES[config_name] + ["embd_dim=16"]]
+    config = load_config(ROOT / "configs" / f"{config_name}.yml",
+                         overrides=overrides + ["preprocess_conf.method_args.num_mel_bins=40"])
+    torch.manual_seed(0)
+    weights = {"backbone." + k: v for k, v in build_embedder(config).backbone.state_dict().items()}
+    model_dir = save_model_dir(tmp_path / "model", weights, config, {"threshold": 0.5})
+    path = export_model(model_dir, tmp_path / "exported", "onnx")["onnx"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    embedder, _, _ = load_embedder(model_dir, "cpu")
+    for seed, seconds in enumerate(ONNX_CHECK_SECONDS):
+        waves, lengths = padded([coloured_noise(s, seed=10 * seed + i) for i, s in enumerate(seconds)])
+        with torch.inference_mode():
+            expected = torch.nn.functional.normalize(embedder(waves, lengths), dim=1).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: waves.numpy(), INPUT_NAMES[1]: lengths.numpy()})[0]
+        assert_same_embeddings(got, expected)

@@ -77,7 +77,7 @@ def segment_context(x, mask, seg_len: int):
     constant within a segment, so the gate is computed once per segment, not once per frame.
     """
     frames = x.shape[-1]
-    n_seg = -(-frames // seg_len)
+    n_seg = (frames + seg_len - 1) // seg_len
     pad = n_seg * seg_len - frames
     sums = F.pad(x, (0, pad)).unflatten(-1, (n_seg, seg_len)).sum(-1)
     if mask is None:
@@ -110,8 +110,10 @@ class CAMDenseLayer(nn.Module):
         local = self.local(h)
         context = segment_context(h, mask, self.seg_len)
         gate = torch.sigmoid(self.context_up(F.relu(self.context_down(context))))
-        # Broadcast each segment's gate over its frames: [B, C, n] -> [B, C, n*seg_len] -> [B, C, T].
-        gate = gate.unsqueeze(-1).expand(*gate.shape, self.seg_len).flatten(-2)[..., :local.shape[-1]]
+        # Each frame takes its segment's gate: [B, C, n] -> [B, C, T]. A gather by frame index, not an
+        # expand-and-crop, so an exported graph keeps T symbolic.
+        segment_of_frame = torch.arange(local.shape[-1], device=local.device) // self.seg_len
+        gate = gate.index_select(-1, segment_of_frame)
         return local * gate
 
 
