@@ -21,11 +21,8 @@ toolkit (PyPI ``mvector==1.1.7``; recipe in bench/README.md): its predictor, its
 of the same name, random weights, the same arrays and thread count.
 """
 import argparse
-import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +45,7 @@ from mvector.inference import fuse_batchnorm  # noqa: E402
 from mvector.model_dir import save_model_dir  # noqa: E402
 from mvector.predict import MVectorPredictor  # noqa: E402
 from mvector.registry import Registry  # noqa: E402
+from peer import figure, run_peer_command  # noqa: E402
 from synthetic_voice import voice_like  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -181,23 +179,8 @@ def run_peer(peer_python, config_name, workload, repeats, threads):
     with tempfile.TemporaryDirectory() as folder:
         audio = Path(folder) / "audio.npz"
         np.savez(audio, **{f"{shape}__{i}": wav for shape, batch in workload.items() for i, wav in enumerate(batch)})
-        # -I and a scratch cwd: `mvector` must be the peer's installed toolkit, never this checkout.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        try:
-            done = subprocess.run([peer_python, "-I", str(PEER_SCRIPT), config_name, str(audio), str(repeats),
-                                   str(threads)], cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"error": f"peer run failed: {exc}"}
-    lines = done.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"peer run failed (exit {done.returncode}): {tail}"}
-
-
-def figure(*words):
-    print(" ".join(str(w) for w in words), flush=True)
+        return run_peer_command([peer_python, "-I", str(PEER_SCRIPT), config_name, str(audio), str(repeats),
+                                 str(threads)], folder)
 
 
 def bench_backbone(name, config_path, args, peak, workload):

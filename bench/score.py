@@ -9,10 +9,7 @@ does in its trainer's evaluate(): a loop over test utterances with sklearn's cos
 then its ``mvector.metric.metrics`` compute_fnr_fpr / compute_eer / compute_dcf.
 """
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mvector.metrics import cosine_score_matrix, verification_metrics  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer import run_peer_command  # noqa: E402
 
 NUM_ENROLL = 2000
 NUM_TEST = 2000
@@ -95,18 +95,7 @@ def run_peer(peer_python, workload, repeats):
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "workload.npz"
         np.savez(data, enroll=enroll, test=test, enroll_labels=enroll_labels, test_labels=test_labels)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        try:
-            done = subprocess.run([peer_python, "-I", "-c", PEER_SCRIPT, str(data), str(repeats)], cwd=folder,
-                                  env=env, capture_output=True, text=True, timeout=3600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"error": f"peer run failed: {exc}"}
-    lines = done.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"peer run failed (exit {done.returncode}): {tail}"}
+        return run_peer_command([peer_python, "-I", "-c", PEER_SCRIPT, str(data), str(repeats)], folder)
 
 
 def main():

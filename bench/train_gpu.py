@@ -23,9 +23,6 @@ classifier, AAM loss, Adam, fp16 autocast with a GradScaler, on features precomp
 our Kaldi-compatible Fbank, as its loader would hand them over).
 """
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +44,7 @@ from mvector.losses import build_loss  # noqa: E402
 from mvector.models import build_backbone  # noqa: E402
 from mvector.models.classifier import build_classifier  # noqa: E402
 from mvector.trainer import TrainGraph  # noqa: E402
+from peer import figure, run_peer_command  # noqa: E402
 from synthetic_voice import voice_like  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -173,22 +171,7 @@ def run_peer(args, config_name, features, device) -> dict:
                    "--num-classes", str(args.num_classes), "--device", str(device)]
         for wheel in wheels:
             command += ["--path", wheel]
-        # -I and a scratch cwd: `mvector` must be the reference, never this checkout.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        try:
-            done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"error": f"peer run failed: {exc}"}
-    lines = done.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"peer run failed (exit {done.returncode}): {tail}"}
-
-
-def figure(*words):
-    print(" ".join(str(w) for w in words), flush=True)
+        return run_peer_command(command, folder)
 
 
 def report(name, side, batch_size, result):

@@ -11,7 +11,7 @@ from mvector.errors import ConfigError, ModelMismatchError, MVectorError
 from mvector.export import PT2_FILE, TORCHSCRIPT_FILE, export_model
 from mvector.model_dir import load_embedder, save_model_dir
 from mvector.predict import MIN_DURATION, MVectorPredictor
-from predict_helpers import ROOT, SAMPLE_RATE, coloured_noise, dev_files, make_model_dir
+from predict_helpers import ROOT, coloured_noise, dev_files, make_model_dir
 
 COS = 0.9999
 

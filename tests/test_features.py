@@ -1,7 +1,6 @@
 """Tests for mvector.features: Fbank against kaldi-native-fbank, the STFT features against
 librosa, frame counts, padding invariance, mean normalisation, errors and CPU/CUDA agreement."""
 
-import math
 from pathlib import Path
 
 import librosa

@@ -1,0 +1,28 @@
+"""What every bench shares: printing a figure, and running the reference toolkit's side."""
+import json
+import os
+import subprocess
+
+
+def figure(*words):
+    print(" ".join(str(w) for w in words), flush=True)
+
+
+def run_peer_command(command, folder) -> dict:
+    """Run the reference's side of a bench; its last stdout line is a JSON dict of figures.
+
+    ``-I`` (in ``command``) and a scratch ``folder`` as the working directory make ``mvector`` the
+    reference toolkit installed for that interpreter, never this checkout. Failures come back as
+    ``{'error': why}``.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"peer run failed: {exc}"}
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"peer run failed (exit {done.returncode}): {tail}"}
