@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ from mvector.inference import fuse_batchnorm  # noqa: E402
 from mvector.model_dir import save_model_dir  # noqa: E402
 from mvector.predict import MVectorPredictor  # noqa: E402
 from mvector.registry import Registry  # noqa: E402
-from peer import figure, run_peer_command  # noqa: E402
+from peer import backbone_configs, figure, run_peer_command  # noqa: E402
 from synthetic_voice import voice_like  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -54,16 +53,6 @@ SHAPES = {"b1x3s": (1, 3.0), "b16x3s": (16, 3.0), "b1x10s": (1, 10.0)}
 MATMUL_SIZE = 2048
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_infer.py"
 PATHS = Registry("inference path")
-
-
-def backbone_configs() -> dict:
-    """Backbone name -> its config file in configs/ (the recipe that ships for it)."""
-    found = {}
-    for path in sorted((ROOT / "configs").glob("*.yml")):
-        model = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model_conf", {}).get("model")
-        if model:
-            found[model] = path
-    return found
 
 
 def make_model_dir(config_path: Path, folder: Path, seed: int = 0) -> Path:

@@ -1,11 +1,27 @@
-"""What every bench shares: printing a figure, and running the reference toolkit's side."""
+"""What every bench shares: printing a figure, finding each backbone's config, and running the
+reference toolkit's side."""
 import json
 import os
 import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def figure(*words):
     print(" ".join(str(w) for w in words), flush=True)
+
+
+def backbone_configs() -> dict:
+    """Backbone name -> its config file in configs/ (the recipe that ships for it)."""
+    found = {}
+    for path in sorted((ROOT / "configs").glob("*.yml")):
+        model = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model_conf", {}).get("model")
+        if model:
+            found[model] = path
+    return found
 
 
 def run_peer_command(command, folder) -> dict:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ from mvector.losses import build_loss  # noqa: E402
 from mvector.models import build_backbone  # noqa: E402
 from mvector.models.classifier import build_classifier  # noqa: E402
 from mvector.trainer import TrainGraph  # noqa: E402
-from peer import figure, run_peer_command  # noqa: E402
+from peer import backbone_configs, figure, run_peer_command  # noqa: E402
 from synthetic_voice import voice_like  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -53,16 +52,6 @@ POOL_SIZE = 256  # distinct utterances that batches are drawn from
 DISTINCT_BATCHES = 4
 AMP_DTYPE = torch.bfloat16
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_train.py"
-
-
-def backbone_configs() -> dict:
-    """Backbone name -> its config file in configs/."""
-    found = {}
-    for path in sorted((ROOT / "configs").glob("*.yml")):
-        model = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model_conf", {}).get("model")
-        if model:
-            found[model] = path
-    return found
 
 
 def make_pool(seed: int = 0) -> torch.Tensor:
