@@ -222,9 +222,7 @@ def apply_overrides(data: dict, overrides):
     return data
 
 
-def load_config(path, overrides=None) -> dict:
-    """Read, override and validate a YAML config; the result holds every key, defaults filled in."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -232,11 +230,56 @@ def load_config(path, overrides=None) -> dict:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    data = apply_overrides(data, overrides)
+
+
+def load_config(path, overrides=None) -> dict:
+    """Read, override and validate a YAML config; the result holds every key, defaults filled in."""
+    path = Path(path)
+    data = apply_overrides(_read_yaml(path), overrides)
     return validate(data, SCHEMA, where=str(path))
+
+
+def layer_config(base: dict, overlay, where: str, schema=SCHEMA, path=()) -> dict:
+    """``overlay`` laid over ``base`` (raw config data, before validation), as a new dict.
+
+    Sections of the schema merge key by key; every other value, ``*_args`` dicts included, is
+    replaced whole: a layer that names another loss or scheduler must not inherit the arguments of
+    the one it replaces. An empty section changes nothing. Keys unknown to the schema are refused
+    here, naming ``where`` (the layer's file), since the merged result no longer tells which file
+    brought them.
+    """
+    if overlay is None:
+        return copy.deepcopy(base)
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{where}: '{'.'.join(path) or 'the config'}' must be a mapping, "
+                          f"got {type(overlay).__name__}")
+    merged = copy.deepcopy(base) if isinstance(base, dict) else {}
+    for key, value in overlay.items():
+        if key not in schema:
+            dotted = ".".join(path + (str(key),))
+            raise ConfigError(f"{where}: unknown key '{dotted}'; valid keys here: {', '.join(schema)}")
+        if isinstance(schema[key], dict):
+            merged[key] = layer_config(merged.get(key), value, where, schema[key], path + (key,))
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_layered_config(paths, overrides=None) -> dict:
+    """Read several YAML configs, each laid over the ones before it (``layer_config``), then apply
+    the overrides and validate. E.g. a backbone's config (model and front-end) completed by a
+    training recipe shared by several backbones: ``[configs/tdnn.yml, configs/recipes/X.yml]``."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ConfigError("load_layered_config: no config file given")
+    data = {}
+    for path in paths:
+        data = layer_config(data, _read_yaml(path), where=str(path))
+    data = apply_overrides(data, overrides)
+    return validate(data, SCHEMA, where=" + ".join(str(p) for p in paths))
 
 
 def config_from_dict(data: dict, where: str = "<config>") -> dict:
