@@ -83,6 +83,10 @@ class ERes2Net(nn.Module):
     downsampled (3x3, stride 2) and AFF-fused into the next stage's output.
     """
 
+    # Frames per forward pass on the CPU (mvector.backends): beyond about one 4 s utterance the early
+    # feature maps outgrow the caches and each utterance costs more (measured up to 1.5x at 16).
+    cpu_batch_frames = 400
+
     def __init__(self, input_size: int, embd_dim: int = 192, pooling_type: str = "TSTP",
                  num_blocks=(3, 4, 6, 3), m_channels: int = 32, expansion: int = 2,
                  base_width: int = 32, scale: int = 2):

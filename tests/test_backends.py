@@ -1,0 +1,81 @@
+"""The torch backend's CPU fast paths give the embeddings of one plain padded forward pass.
+
+Unpadded batches skip every mask (lengths=None) and backbones with ``cpu_batch_frames`` are split
+into several passes; neither may change an embedding.
+"""
+import numpy as np
+import pytest
+import torch
+
+from mvector.backends import TorchBackend
+from mvector.config import load_config
+from mvector.embedder import build_embedder
+from mvector.model_dir import save_model_dir
+from predict_helpers import ROOT, coloured_noise, make_model_dir
+
+RESNET_SMALL = ["model_conf.model_args.embd_dim=32", "preprocess_conf.method_args.num_mel_bins=40"]
+
+
+def _reference(backend, waveforms, lengths):
+    """One forward pass with explicit lengths: the plain masked path."""
+    with torch.inference_mode():
+        return backend.embedder(torch.from_numpy(waveforms), torch.from_numpy(lengths)).numpy()
+
+
+def _batch(seconds_list):
+    lengths = np.array([int(s * 16000) for s in seconds_list], dtype=np.int64)
+    waveforms = np.zeros((len(lengths), lengths.max()), dtype=np.float32)
+    for i, n in enumerate(lengths):
+        waveforms[i, :n] = coloured_noise(n / 16000, seed=i)
+    return waveforms, lengths
+
+
+def test_unpadded_batch_skips_masks_with_the_same_embeddings(tmp_path):
+    backend = TorchBackend(make_model_dir(tmp_path / "model"))
+    waveforms, lengths = _batch([1.5, 1.5, 1.5])
+    calls = []
+    hook = backend.embedder.backbone.register_forward_pre_hook(lambda m, args: calls.append(args[1]))
+    got = backend(waveforms, lengths)
+    hook.remove()
+    assert calls == [None]  # the fast path really ran
+    np.testing.assert_allclose(got, _reference(backend, waveforms, lengths), rtol=1e-4, atol=1e-5)
+
+
+def test_padded_batch_keeps_its_masks(tmp_path):
+    backend = TorchBackend(make_model_dir(tmp_path / "model"))
+    waveforms, lengths = _batch([1.5, 1.0])
+    calls = []
+    hook = backend.embedder.backbone.register_forward_pre_hook(lambda m, args: calls.append(args[1]))
+    got = backend(waveforms, lengths)
+    hook.remove()
+    assert calls[0] is not None and calls[0].tolist() == [148, 98]
+    np.testing.assert_allclose(got, _reference(backend, waveforms, lengths), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def resnet_backend(tmp_path):
+    config = load_config(ROOT / "configs" / "resnet_se.yml", overrides=RESNET_SMALL)
+    torch.manual_seed(0)
+    embedder = build_embedder(config)
+    weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
+    return TorchBackend(save_model_dir(tmp_path / "model", weights, config, {"threshold": 0.5}))
+
+
+def test_two_d_backbones_are_split_into_cache_sized_passes(resnet_backend):
+    budget = type(resnet_backend.embedder.backbone).cpu_batch_frames
+    waveforms, lengths = _batch([2.0, 1.2, 2.0, 0.7, 1.9])  # 198 frames at most: two per pass
+    sizes = []
+    hook = resnet_backend.embedder.backbone.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    got = resnet_backend(waveforms, lengths)
+    hook.remove()
+    assert sizes == [budget // 198, budget // 198, 1] == [2, 2, 1]
+    np.testing.assert_allclose(got, _reference(resnet_backend, waveforms, lengths), rtol=1e-4, atol=1e-5)
+
+
+def test_a_pass_holds_one_utterance_however_long(resnet_backend):
+    waveforms, lengths = _batch([5.0, 4.5])
+    sizes = []
+    hook = resnet_backend.embedder.backbone.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    resnet_backend(waveforms, lengths)
+    hook.remove()
+    assert sizes == [1, 1]
