@@ -37,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--save_threshold", action="store_true",
                         help="embed through MVectorPredictor (the path users call) and store the EER "
                              "threshold, EER and MinDCF in the model's model.state")
+    parser.add_argument("--backend", help="embed through MVectorPredictor with this inference backend "
+                                           "(torch, onnx, onnx-int8) instead of batched extraction, e.g. to "
+                                           "check an exported or int8 graph on the trials")
     return parser.parse_args(argv)
 
 
@@ -99,12 +102,17 @@ def run(args) -> dict:
     if args.enroll_list:
         return evaluate_cross(embedder, args.enroll_list, args.trials_list, config, device, **scoring)
     trials = Path(args.trials) if args.trials else default_trials(config)
-    if args.save_threshold:
-        from mvector.calibration import calibrate
+    if args.save_threshold or args.backend:
+        from mvector.calibration import calibrate, predictor_trials
 
         if cohort is not None:
-            raise MVectorError("--save_threshold stores the threshold of raw cosine scores: drop --as_norm_cohort")
-        return calibrate(model_dir, trials, progress=not args.no_progress, use_gpu=args.use_gpu)
+            raise MVectorError("--save_threshold and --backend score raw cosines: drop --as_norm_cohort")
+        if args.save_threshold and args.backend not in (None, "torch"):
+            raise MVectorError("--save_threshold measures the threshold through the torch backend: drop --backend")
+        if args.save_threshold:
+            return calibrate(model_dir, trials, progress=not args.no_progress, use_gpu=args.use_gpu)
+        return predictor_trials(model_dir, trials, progress=not args.no_progress, use_gpu=args.use_gpu,
+                                backend=args.backend)
     return evaluate_trials(embedder, trials, config, device, **scoring)
 
 

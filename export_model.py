@@ -2,6 +2,7 @@
 the feature front-end inside the graph, config.yml and model.state written beside.
 
     python export_model.py --model_dir models/CAMPPlus_Fbank/best_model --out_dir exported/ --formats onnx,torchscript
+    python export_model.py --model_dir ... --formats onnx --int8_calibration ../shared/data/dev/list.tsv
 """
 import argparse
 import sys
@@ -16,9 +17,12 @@ def parse_args(argv=None):
     parser.add_argument("--out_dir", default="exported/", help="where to write the exported model")
     parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
                         help=f"comma-separated, from: {', '.join(EXPORT_FORMATS)}")
+    parser.add_argument("--int8_calibration",
+                        help="folder or list (path<TAB>label) of speech: also write model.int8.onnx, the "
+                             "convolutions quantized to int8 (run it with backend='onnx-int8')")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
-    sys.exit(run_cli(export, args.model_dir, args.out_dir, args.formats))
+    sys.exit(run_cli(export, args.model_dir, args.out_dir, args.formats, args.int8_calibration))

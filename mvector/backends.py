@@ -19,6 +19,7 @@ BACKENDS = Registry("inference backend")
 
 # Names written by mvector.export and looked up here.
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"  # written by mvector.quantize
 INPUT_NAMES = ("waveforms", "lengths")
 OUTPUT_NAME = "embeddings"
 
@@ -90,14 +91,17 @@ class OnnxBackend:
     voiceprints enrolled with either backend stay comparable.
     """
 
+    default_file = ONNX_FILE
+    how_to_write = "export_model.py --model_dir {model_dir} --formats onnx"
+
     def __init__(self, model_dir, use_gpu: bool = False, onnx_path=None):
         ort = import_onnxruntime()
         self.model_dir = Path(model_dir)
         self.config, _, self.state = read_model_dir(self.model_dir)
-        self.onnx_path = Path(onnx_path) if onnx_path is not None else self.model_dir / ONNX_FILE
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else self.model_dir / self.default_file
         if not self.onnx_path.is_file():
             raise MVectorError(f"{self.onnx_path}: ONNX file not found; write it with "
-                               f"export_model.py --model_dir {self.model_dir} or pass onnx_path")
+                               f"{self.how_to_write.format(model_dir=self.model_dir)} or pass onnx_path")
         provider = "CUDAExecutionProvider" if use_gpu else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
             raise MVectorError(f"use_gpu={use_gpu}: ONNX Runtime has no {provider} here "
@@ -122,3 +126,12 @@ class OnnxBackend:
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feeds = dict(zip(INPUT_NAMES, (waveforms, lengths.astype(np.int64, copy=False))))
         return self.session.run([OUTPUT_NAME], feeds)[0]
+
+
+@BACKENDS.register(name="onnx-int8")
+class Int8OnnxBackend(OnnxBackend):
+    """The int8 graph ``model.int8.onnx`` (``mvector.quantize``: convolutions in int8, calibrated on
+    speech) run by ONNX Runtime on the CPU; embeddings within cosine 0.99 of float32."""
+
+    default_file = INT8_ONNX_FILE
+    how_to_write = "export_model.py --model_dir {model_dir} --formats onnx --int8_calibration AUDIO"

@@ -41,15 +41,21 @@ def predictor_embeddings(predictor, paths, progress=True) -> dict:
     return embeddings
 
 
-def calibrate(model_dir, trials_path, progress=True, use_gpu=False) -> dict:
-    """Measure EER / MinDCF / threshold through the predictor and store them in ``model.state``."""
+def predictor_trials(model_dir, trials_path, progress=True, use_gpu=False, backend="torch") -> dict:
+    """EER / MinDCF / threshold of a trial list, every file embedded through ``MVectorPredictor`` with
+    the given inference ``backend`` (e.g. to check an exported or int8 graph)."""
     from mvector.predict import MVectorPredictor
 
     paths1, paths2, labels = read_trials(trials_path)
     # The threshold is what this measures; the one given here only keeps the predictor from warning.
-    with MVectorPredictor(model_dir=model_dir, threshold=0.5, use_gpu=use_gpu) as predictor:
+    with MVectorPredictor(model_dir=model_dir, threshold=0.5, use_gpu=use_gpu, backend=backend) as predictor:
         embeddings = predictor_embeddings(predictor, paths1 + paths2, progress=progress)
-    result = score_trials(embeddings, paths1, paths2, labels, trials_path)
+    return score_trials(embeddings, paths1, paths2, labels, trials_path)
+
+
+def calibrate(model_dir, trials_path, progress=True, use_gpu=False) -> dict:
+    """Measure EER / MinDCF / threshold through the predictor and store them in ``model.state``."""
+    result = predictor_trials(model_dir, trials_path, progress=progress, use_gpu=use_gpu)
     state_path = Path(model_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     state.update(threshold=result["threshold"], eer=result["eer"], min_dcf=result["min_dcf"],

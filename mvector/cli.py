@@ -44,10 +44,10 @@ def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=F
     print(f"similarity: {score:.4f}  threshold: {predictor.threshold:.4f}  same speaker: {'yes' if same else 'no'}")
 
 
-def export(model_dir, out_dir, formats):
+def export(model_dir, out_dir, formats, int8_calibration=None):
     from mvector.export import export_model
 
-    for name, path in export_model(model_dir, out_dir, formats).items():
+    for name, path in export_model(model_dir, out_dir, formats, int8_calibration).items():
         print(f"{name}: {path}")
 
 

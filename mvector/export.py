@@ -163,9 +163,15 @@ def parse_formats(formats) -> list:
     return list(dict.fromkeys(names))
 
 
-def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS) -> dict:
-    """Export ``model_dir`` into ``out_dir`` in each of ``formats``; returns ``{format: path}``."""
+def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=None) -> dict:
+    """Export ``model_dir`` into ``out_dir`` in each of ``formats``; returns ``{format: path}``.
+
+    ``int8_calibration`` (a folder or list of speech, ``mvector.quantize``) also writes the int8 ONNX
+    graph, returned as ``'onnx-int8'``; it needs the ``onnx`` format.
+    """
     names = parse_formats(formats)
+    if int8_calibration is not None and "onnx" not in names:
+        raise ConfigError("int8 quantization starts from the float32 ONNX graph: add 'onnx' to the formats")
     embedder, _, _ = load_embedder(model_dir, "cpu")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,4 +180,8 @@ def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS) -> dict:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, out_dir / name)
     exporter = _Exporter(embedder)
-    return {name: EXPORT_FORMATS[name](exporter, out_dir) for name in names}
+    written = {name: EXPORT_FORMATS[name](exporter, out_dir) for name in names}
+    if int8_calibration is not None:
+        from mvector.quantize import quantize_onnx
+        written["onnx-int8"], _ = quantize_onnx(out_dir, int8_calibration)
+    return written

@@ -47,8 +47,8 @@ class MVectorPredictor:
     ``threshold``: the same-speaker decision threshold; None takes the model's EER threshold from
     its model.state. ``use_gpu``: run on CUDA (an error when there is none). ``window_seconds`` /
     ``hop_seconds``: sliding windows for long recordings; ``batch_size``: utterances or windows
-    per forward pass. ``backend``: 'torch' or 'onnx' (an exported ``model.onnx``, found in
-    ``model_dir`` or given as ``onnx_path``).
+    per forward pass. ``backend``: 'torch', 'onnx' (an exported ``model.onnx``, found in
+    ``model_dir`` or given as ``onnx_path``) or 'onnx-int8' (``model.int8.onnx``, ``mvector.quantize``).
     """
 
     def __init__(self, model_dir=None, audio_db_path="audio_db/", threshold=None, use_gpu=False,
