@@ -1,14 +1,17 @@
 """Benchmark: CPU inference speed of the six backbones, feature extraction included.
 
     python bench/infer_cpu.py [--backbones CAMPPlus TDNN] [--repeats 5] [--threads 2]
-                              [--paths eager fused onnx] [--peer-python /work/peer_venv/bin/python]
+                              [--paths eager fused onnx onnx-int8] [--calibration LIST_OR_FOLDER]
+                              [--peer-python /work/peer_venv/bin/python]
 
 For each backbone (its config in configs/, random weights) and each shape (one 3 s utterance,
 16 of them in one call, one 10 s utterance) it times ``MVectorPredictor.predict`` /
 ``predict_batch`` on numpy arrays, i.e. the whole user-facing path: loudness normalisation,
 padding, Fbank, backbone, L2 normalisation. Paths: ``eager`` (the torch backend as shipped),
-``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.fuse_batchnorm``)
-and ``onnx`` (``mvector.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``).
+``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.fuse_batchnorm``),
+``onnx`` (``mvector.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``) and
+``onnx-int8`` (the same graph with its convolutions quantized, ``mvector.quantize``, calibrated on
+``--calibration`` speech).
 
 One figure per line, the value last: ``<backbone> <path> <shape> <metric> <value>``:
   xRT            seconds of audio embedded per wall second (median of --repeats calls, after warm-up)
@@ -36,9 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mvector.backends import ONNX_FILE, import_onnxruntime  # noqa: E402
+from mvector.backends import INT8_ONNX_FILE, ONNX_FILE, import_onnxruntime  # noqa: E402
 from mvector.config import load_config  # noqa: E402
 from mvector.embedder import build_embedder  # noqa: E402
+from mvector.errors import MVectorError  # noqa: E402
 from mvector.export import export_model  # noqa: E402
 from mvector.inference import fuse_batchnorm  # noqa: E402
 from mvector.model_dir import save_model_dir  # noqa: E402
@@ -52,6 +56,7 @@ SAMPLE_RATE = 16000
 SHAPES = {"b1x3s": (1, 3.0), "b16x3s": (16, 3.0), "b1x10s": (1, 10.0)}
 MATMUL_SIZE = 2048
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_infer.py"
+TRAIN_LIST = ROOT.parent / "shared" / "data" / "train" / "list.tsv"
 PATHS = Registry("inference path")
 
 
@@ -102,12 +107,12 @@ def embed(predictor, batch) -> np.ndarray:
 
 
 @PATHS.register(name="eager")
-def eager_path(model_dir, workdir, threads):
+def eager_path(model_dir, workdir, threads, calibration=None):
     return MVectorPredictor(model_dir)
 
 
 @PATHS.register(name="fused")
-def fused_path(model_dir, workdir, threads):
+def fused_path(model_dir, workdir, threads, calibration):
     predictor = MVectorPredictor(model_dir)
     lengths = np.array([2 * SAMPLE_RATE, 3 * SAMPLE_RATE // 2])
     waves = np.zeros((2, lengths.max()), dtype=np.float32)
@@ -118,21 +123,32 @@ def fused_path(model_dir, workdir, threads):
     return predictor
 
 
-@PATHS.register(name="onnx")
-def onnx_path(model_dir, workdir, threads):
-    out_dir = Path(workdir) / "onnx"
+def _onnx_predictor(model_dir, out_dir, threads, backend, graph_file, calibration=None):
     # torch's exporter warns about torchvision operators it skips registering: noise here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    export_model(model_dir, out_dir, formats=("onnx",))
-    predictor = MVectorPredictor(out_dir, backend="onnx")
+    export_model(model_dir, out_dir, formats=("onnx",), int8_calibration=calibration)
+    predictor = MVectorPredictor(out_dir, backend=backend)
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # The backend's session uses ONNX Runtime's default thread count; this one uses --threads.
-    predictor._backend.session = ort.InferenceSession(str(out_dir / ONNX_FILE), sess_options=options,
+    predictor._backend.session = ort.InferenceSession(str(out_dir / graph_file), sess_options=options,
                                                       providers=["CPUExecutionProvider"])
     return predictor
+
+
+@PATHS.register(name="onnx")
+def onnx_path(model_dir, workdir, threads, calibration):
+    return _onnx_predictor(model_dir, Path(workdir) / "onnx", threads, "onnx", ONNX_FILE)
+
+
+@PATHS.register(name="onnx-int8")
+def onnx_int8_path(model_dir, workdir, threads, calibration):
+    if calibration is None:
+        raise MVectorError("no --calibration audio (the training list of ../shared/data is used when present)")
+    return _onnx_predictor(model_dir, Path(workdir) / "onnx-int8", threads, "onnx-int8", INT8_ONNX_FILE,
+                           calibration)
 
 
 def time_path(predictor, workload, repeats):
@@ -183,7 +199,7 @@ def bench_backbone(name, config_path, args, peak, workload):
         eager = None
         for path in args.paths:
             try:
-                predictor = PATHS.get_class(path)(model_dir, workdir, args.threads)
+                predictor = PATHS.get_class(path)(model_dir, workdir, args.threads, args.calibration)
             except Exception as exc:  # e.g. an export that fails: the other paths still run
                 reason = (str(exc).strip().splitlines() or [""])[0]
                 print(f"note: {name} {path}: not measured: {type(exc).__name__}: {reason}", file=sys.stderr)
@@ -223,6 +239,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--peer-python", help="interpreter of a venv with the reference toolkit (mvector==1.1.7)")
+    parser.add_argument("--calibration", default=str(TRAIN_LIST) if TRAIN_LIST.is_file() else None,
+                        help="speech for the onnx-int8 path's calibration: a folder or list path<TAB>label "
+                             f"(default: {TRAIN_LIST} when present)")
     args = parser.parse_args()
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")

@@ -110,7 +110,8 @@ class Res2Net(nn.Module):
     def forward(self, x, lengths=None):
         if x.shape[1] < self.min_frames:
             raise AudioError(f"Res2Net needs at least {self.min_frames} feature frames, got {x.shape[1]}")
-        x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, freq, time]
+        # Channels-last memory: oneDNN runs these small-channel 2-D convolutions without reordering.
+        x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)  # [B, 1, freq, time]
         mask = None
         if lengths is not None:
             lengths = lengths.to(x.device)
