@@ -44,7 +44,6 @@ from mvector.config import load_config  # noqa: E402
 from mvector.embedder import build_embedder  # noqa: E402
 from mvector.errors import MVectorError  # noqa: E402
 from mvector.export import export_model  # noqa: E402
-from mvector.inference import fuse_batchnorm  # noqa: E402
 from mvector.model_dir import save_model_dir  # noqa: E402
 from mvector.predict import MVectorPredictor  # noqa: E402
 from mvector.registry import Registry  # noqa: E402
@@ -113,14 +112,7 @@ def eager_path(model_dir, workdir, threads, calibration=None):
 
 @PATHS.register(name="fused")
 def fused_path(model_dir, workdir, threads, calibration):
-    predictor = MVectorPredictor(model_dir)
-    lengths = np.array([2 * SAMPLE_RATE, 3 * SAMPLE_RATE // 2])
-    waves = np.zeros((2, lengths.max()), dtype=np.float32)
-    for row, (wav, n) in enumerate(zip([voice_like(2.0, SAMPLE_RATE, seed=7)] * 2, lengths)):
-        waves[row, :n] = wav[:n]
-    backend = predictor._backend  # the torch backend runs whatever embedder it holds
-    backend.embedder = fuse_batchnorm(backend.embedder, (torch.from_numpy(waves), torch.from_numpy(lengths)))
-    return predictor
+    return MVectorPredictor(model_dir, fuse_batchnorm=True)
 
 
 def _onnx_predictor(model_dir, out_dir, threads, backend, graph_file, calibration=None):

@@ -39,10 +39,12 @@ def torch_device(use_gpu: bool) -> torch.device:
 class TorchBackend:
     """The model directory's SpeakerEmbedder (features + backbone, eval mode) on the CPU or a GPU."""
 
-    def __init__(self, model_dir, use_gpu: bool = False):
+    def __init__(self, model_dir, use_gpu: bool = False, fuse_batchnorm: bool = False):
         self.model_dir = Path(model_dir)
         self.device = torch_device(use_gpu)
         self.embedder, self.config, self.state = load_embedder(self.model_dir, self.device)
+        if fuse_batchnorm:
+            self.embedder = _fused(self.embedder, self.device)
         self.sample_rate = self.embedder.sample_rate
         self.embd_dim = self.embedder.embd_dim
 
@@ -72,6 +74,18 @@ class TorchBackend:
         lengths = None if unpadded else torch.from_numpy(np.ascontiguousarray(lengths)).to(self.device)
         embeddings = self.embedder(torch.from_numpy(np.ascontiguousarray(waveforms)).to(self.device), lengths)
         return embeddings.float().cpu().numpy()
+
+
+def _fused(embedder, device):
+    """The embedder with its BatchNorms folded into the convolutions before them (mvector.inference),
+    checked on a padded batch of two noise utterances."""
+    from mvector.inference import fuse_batchnorm
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([2 * embedder.sample_rate, 3 * embedder.sample_rate // 2])
+    waveforms = 0.1 * torch.randn(2, int(lengths[0]), generator=generator)
+    waveforms[1, int(lengths[1]):] = 0
+    return fuse_batchnorm(embedder, (waveforms.to(device), lengths.to(device)))
 
 
 def import_onnxruntime():

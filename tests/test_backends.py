@@ -52,13 +52,17 @@ def test_padded_batch_keeps_its_masks(tmp_path):
     np.testing.assert_allclose(got, _reference(backend, waveforms, lengths), rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture
-def resnet_backend(tmp_path):
+def _resnet_dir(folder):
     config = load_config(ROOT / "configs" / "resnet_se.yml", overrides=RESNET_SMALL)
     torch.manual_seed(0)
     embedder = build_embedder(config)
     weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
-    return TorchBackend(save_model_dir(tmp_path / "model", weights, config, {"threshold": 0.5}))
+    return save_model_dir(folder, weights, config, {"threshold": 0.5})
+
+
+@pytest.fixture
+def resnet_backend(tmp_path):
+    return TorchBackend(_resnet_dir(tmp_path / "model"))
 
 
 def test_two_d_backbones_are_split_into_cache_sized_passes(resnet_backend):
@@ -79,3 +83,24 @@ def test_a_pass_holds_one_utterance_however_long(resnet_backend):
     resnet_backend(waveforms, lengths)
     hook.remove()
     assert sizes == [1, 1]
+
+
+def test_predictor_can_fold_batchnorm_at_load_with_the_same_embeddings(tmp_path):
+    from mvector.predict import MVectorPredictor
+
+    model_dir = _resnet_dir(tmp_path / "model")  # its convolutions feed BatchNorms directly
+    waves = [coloured_noise(s, seed=i) for i, s in enumerate((1.5, 1.0, 2.2))]
+    plain = MVectorPredictor(model_dir).predict_batch(waves, sample_rate=16000)
+    fused = MVectorPredictor(model_dir, fuse_batchnorm=True)
+    norms = [m for m in fused._backend.embedder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) < sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                            for m in MVectorPredictor(model_dir)._backend.embedder.modules())
+    np.testing.assert_allclose(fused.predict_batch(waves, sample_rate=16000), plain, atol=1e-4)
+
+
+def test_fuse_batchnorm_is_refused_for_other_backends(tmp_path):
+    from mvector.errors import ConfigError
+    from mvector.predict import MVectorPredictor
+
+    with pytest.raises(ConfigError, match="fuse_batchnorm applies to the torch backend, not 'onnx'"):
+        MVectorPredictor(make_model_dir(tmp_path / "model"), backend="onnx", fuse_batchnorm=True)
