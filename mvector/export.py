@@ -25,6 +25,7 @@ from torch.fx.experimental import _config as fx_config
 
 from mvector.backends import INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME, import_onnxruntime
 from mvector.errors import ConfigError, MVectorError
+from mvector.inference import noise_batch
 from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder
 from mvector.predict import MIN_DURATION
 from mvector.registry import Registry
@@ -43,15 +44,6 @@ SIZE_OBLIVIOUS = {"backed_size_oblivious": True}
 CHECK_SECONDS = (3.1, MIN_DURATION, 2.2)
 
 
-def _waveform_batch(seconds, sample_rate: int, seed: int):
-    """A padded batch of noise at speech-like level, with its lengths."""
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor([math.ceil(s * sample_rate) for s in seconds], dtype=torch.long)
-    waves = 0.1 * torch.randn(len(seconds), int(lengths.max()), generator=generator)
-    waves = torch.where(torch.arange(waves.shape[1]) < lengths[:, None], waves, torch.zeros(()))
-    return waves, lengths
-
-
 def _samples_range(program):
     """The value range torch.export settled on for the waveforms' time axis."""
     waveforms = next(node for node in program.graph.nodes if node.op == "placeholder"
@@ -65,8 +57,8 @@ class _Exporter:
     def __init__(self, embedder):
         self.embedder = embedder
         self.sample_rate = embedder.sample_rate
-        self.example = _waveform_batch(TRACE_SECONDS, self.sample_rate, seed=0)
-        self.check = _waveform_batch(CHECK_SECONDS, self.sample_rate, seed=1)
+        self.example = noise_batch(TRACE_SECONDS, self.sample_rate, seed=0)
+        self.check = noise_batch(CHECK_SECONDS, self.sample_rate, seed=1)
         with torch.inference_mode():
             self.reference = embedder(*self.check)
         self._program = None

@@ -10,6 +10,7 @@ in-place ReLU or a mask in between all disqualify it). The rewritten copy is the
 inputs and must reproduce the original outputs.
 """
 import copy
+import math
 
 import torch
 from torch import nn
@@ -20,6 +21,16 @@ FOLDABLE_CONVS = (nn.Conv1d, nn.Conv2d)
 FOLDABLE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 # A folded model whose outputs differ from the original's by more than this (relative L2) is refused.
 MAX_RELATIVE_ERROR = 1e-3
+
+
+def noise_batch(seconds, sample_rate: int, seed: int):
+    """``(waveforms[B, N], lengths[B])``: a padded batch of noise at speech-like level, one row per
+    duration in ``seconds``; example inputs for checking a rewritten or exported embedder."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([math.ceil(s * sample_rate) for s in seconds], dtype=torch.long)
+    waves = 0.1 * torch.randn(len(seconds), int(lengths.max()), generator=generator)
+    waves = torch.where(torch.arange(waves.shape[1]) < lengths[:, None], waves, torch.zeros(()))
+    return waves, lengths
 
 
 def _tensors(value):
