@@ -16,15 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mvector.audio import load_audio
-from mvector.backends import INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME, \
-    import_onnxruntime
-from mvector.embedder import build_featurizer
+from mvector.backends import INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT
 from mvector.errors import ConfigError, MVectorError
 from mvector.evaluation import read_labelled_list
 from mvector.fileio import fsync_dir
-from mvector.model_dir import read_model_dir
-from mvector.predict import MIN_DURATION
+from mvector.predict import MVectorPredictor
 
 # Lowest cosine between int8 and float32 embeddings of a held-out utterance that is accepted.
 MIN_COSINE = 0.99
@@ -52,22 +48,17 @@ def calibration_files(source, max_files: int = 64) -> list:
     return paths[::step][:max_files]
 
 
-def _waveforms(model_dir, paths) -> list:
-    """Calibration utterances as the model hears them (rate, loudness, VAD of its config); files that
-    cannot be used are skipped, as long as enough remain."""
-    config, _, _ = read_model_dir(model_dir)
-    data = config["dataset_conf"]
-    rate = build_featurizer(config).sample_rate
-    target_db = data["target_db"] if data["use_db_normalization"] else None
+def _waveforms(predictor, paths) -> list:
+    """Calibration utterances as the model hears them (``predictor.load``: its rate, loudness and
+    VAD); files that cannot be used are skipped, as long as enough remain."""
     waves, failures = [], []
     for path in paths:
         try:
-            wav = load_audio(path, target_sample_rate=rate, min_duration=MIN_DURATION, normalize_db=target_db,
-                             vad=data["do_vad"])
+            wav = predictor.load(path)
         except MVectorError as exc:
             failures.append(str(exc))
             continue
-        waves.append(wav[: int(MAX_SECONDS * rate)])
+        waves.append(wav[: int(MAX_SECONDS * predictor.sample_rate)])
     if len(waves) < MIN_FILES:
         raise ConfigError(f"int8 calibration: only {len(waves)} of {len(paths)} files usable (need {MIN_FILES}); "
                           f"first problem: {failures[0] if failures else 'none'}")
@@ -79,8 +70,10 @@ def float_convs(model) -> list:
     wide) and the pooling layer's (its attention logits pick the frames the embedding is made of).
     Found by weight name, which the exporter keeps from the module path (``backbone.pooling....``)."""
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    if not convs:
+        return []
     pooling = [node.name for node in convs if len(node.input) > 1 and node.input[1].startswith(POOLING_WEIGHTS)]
-    return list(dict.fromkeys(convs[:1] and [convs[0].name] + pooling))
+    return list(dict.fromkeys([convs[0].name] + pooling))
 
 
 def _feeds(wav):
@@ -104,7 +97,6 @@ def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = 64) ->
 
     Returns ``(path, min_cosine)``: the lowest int8-vs-float32 cosine on the held-out utterances.
     """
-    ort = import_onnxruntime()
     onnx, quantization, quant_pre_process = _import_quantization()
     model_dir = Path(model_dir)
     source = model_dir / ONNX_FILE
@@ -112,7 +104,9 @@ def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = 64) ->
         raise MVectorError(f"{source} not found: export the float32 ONNX graph first "
                            f"(export_model.py --model_dir {model_dir} --formats onnx)")
     out_path = Path(out_path) if out_path is not None else model_dir / INT8_ONNX_FILE
-    waves = _waveforms(model_dir, calibration_files(calibration, max_files))
+    # The threshold only keeps a model without one from warning: nothing here is decided by it.
+    float32 = MVectorPredictor(model_dir, threshold=0.5, backend="onnx")
+    waves = _waveforms(float32, calibration_files(calibration, max_files))
     held_out = max(2, len(waves) // 4)
     calibrate, check = waves[:-held_out], waves[-held_out:]
 
@@ -140,12 +134,9 @@ def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = 64) ->
             op_types_to_quantize=["Conv"], nodes_to_exclude=float_convs(onnx.load(str(prepared))),
             activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax, reduce_range=True)
-        sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (single, staged)]
-        cosines = []
-        for wav in check:
-            a, b = (s.run([OUTPUT_NAME], _feeds(wav))[0][0] for s in sessions)
-            cosines.append(float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
-        min_cosine = min(cosines)
+        int8 = MVectorPredictor(model_dir, threshold=0.5, backend="onnx-int8", onnx_path=staged)
+        # Both embed L2-normalised rows, so the row-wise dot product is the cosine.
+        min_cosine = float(np.sum(float32.embed_waveforms(check) * int8.embed_waveforms(check), axis=1).min())
         if not min_cosine >= MIN_COSINE:
             raise MVectorError(f"{source}: the int8 graph's embeddings are too far from float32 (cosine "
                                f"{min_cosine:.4f} < {MIN_COSINE} on {len(check)} held-out utterances); not written")
