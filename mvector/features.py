@@ -157,8 +157,8 @@ class Fbank(_Featurizer):
     """Kaldi-compatible log mel filterbank (``compute-fbank-feats``), batched.
 
     Frames are ``frame_length_ms`` long every ``frame_shift_ms`` with snip_edges=True, so an
-    utterance of n samples has ``1 + (n - win) // hop`` frames (0 when n < win). Per frame:
-    optional dither (training mode only), DC offset removal, pre-emphasis, window, FFT of the
+    utterance of n samples has ``1 + (n - win) // hop`` frames (0 when n < win). Optional dither
+    of the waveform (training mode only), then per frame: DC offset removal, pre-emphasis, window, FFT of the
     next power of two, power spectrum, Kaldi mel banks, ``log(max(x, float32 eps))``.
 
     ``wave_scale`` multiplies the [-1, 1] input first: Kaldi works on int16-scaled samples, and
@@ -205,25 +205,42 @@ class Fbank(_Featurizer):
     def _compute(self, waveforms, lengths, frame_lengths):
         if waveforms.shape[1] < self.win_length:  # no utterance is one frame long
             return waveforms.new_zeros(waveforms.shape[0], 0, self.feature_dim)
-        frames = waveforms.unfold(1, self.win_length, self.hop_length)
         if self.training and self.dither > 0:
-            frames = frames + torch.randn_like(frames) * (self.dither / self.wave_scale)
-        if self.remove_dc_offset:
-            frames = frames - frames.mean(dim=-1, keepdim=True)
-        if self.use_energy:  # Kaldi's raw energy: before pre-emphasis and window
-            energy = frames.square().sum(dim=-1) * self.wave_scale ** 2
-            log_energy = energy.clamp(min=FLOAT_EPS).log()
-        if self.preemph != 0:
-            previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-            frames = frames - self.preemph * previous
-        window = self.scaled_window.to(frames.device, torch.float32)
-        spectrum = torch.fft.rfft(frames * window, n=self.padded_size)
+            # Kaldi dithers each frame apart; dithering the waveform gives every frame the same
+            # per-sample noise level for one pass over the samples instead of one per frame.
+            waveforms = waveforms + torch.randn_like(waveforms) * (self.dither / self.wave_scale)
+        frames = waveforms.unfold(1, self.win_length, self.hop_length)
+        mean = frames.mean(dim=-1) if self.remove_dc_offset else None
+        spectrum = torch.fft.rfft(self._windowed_frames(waveforms, frames, mean))
         power = spectrum.real.square() + spectrum.imag.square()
-        mel = power @ self.mel_banks.to(power.device, torch.float32)
-        features = mel.clamp(min=FLOAT_EPS).log()
-        if self.use_energy:
-            features = torch.cat([log_energy[..., None], features], dim=-1)
+        features = (power @ self.mel_banks.to(power.device, torch.float32)).clamp_(min=FLOAT_EPS).log_()
+        if self.use_energy:  # Kaldi's raw energy: after DC removal, before pre-emphasis and window
+            centered = frames if mean is None else frames - mean[..., None]
+            energy = centered.square().sum(dim=-1) * self.wave_scale ** 2
+            features = torch.cat([energy.clamp(min=FLOAT_EPS).log()[..., None], features], dim=-1)
         return features
+
+    def _windowed_frames(self, waveforms, frames, mean):
+        """[B, T, padded_size]: each frame DC-removed, pre-emphasised, windowed and zero-padded.
+
+        The three steps are linear, so they are folded into one pass per frame instead of one pass
+        each: pre-emphasising overlapping frames is pre-emphasising the waveform once (except each
+        frame's first sample, which Kaldi pre-emphasises against itself), and removing the DC offset
+        before pre-emphasis equals subtracting ``(1 - preemph) * mean`` after it.
+        """
+        win, hop = self.win_length, self.hop_length
+        window = self.scaled_window.to(frames.device, torch.float32)
+        windowed = frames.new_empty(*frames.shape[:2], self.padded_size)
+        windowed[..., win:] = 0
+        if self.preemph != 0:
+            emphasized = waveforms[:, 1:] - self.preemph * waveforms[:, :-1]
+            torch.mul(emphasized.unfold(1, win - 1, hop), window[1:], out=windowed[..., 1:win])
+            windowed[..., 0] = frames[..., 0] * ((1 - self.preemph) * window[0])
+        else:
+            torch.mul(frames, window, out=windowed[..., :win])
+        if mean is not None:
+            windowed[..., :win] -= ((1 - self.preemph) * mean)[..., None] * window
+        return windowed
 
 
 # ---------------------------------------------------------------- librosa-style centered STFT
