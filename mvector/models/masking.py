@@ -29,11 +29,11 @@ def spectrogram_input(x, lengths):
     Channels-last memory makes 2-D convolutions much faster on CPU. Padding is zeroed with
     masked_fill, not ``x * mask``: padded frames may hold inf/NaN, and 0 * inf is NaN.
     """
-    x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-    mask = lengths_to_mask(lengths, x.shape[-1], x.dtype)
+    mask = lengths_to_mask(lengths, x.shape[1], x.dtype)
     if mask is not None:
-        x = x.masked_fill(mask.unsqueeze(1) == 0, 0.0)
-    return x, mask
+        # Before the layout change: a one-channel map is both layouts, and a fill may pick the other.
+        x = x.masked_fill(mask.transpose(1, 2) == 0, 0.0)
+    return x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last), mask
 
 
 def strided_masks(lengths, frames: int, steps: int, dtype, **conv):
@@ -49,12 +49,13 @@ def strided_masks(lengths, frames: int, steps: int, dtype, **conv):
 def apply_mask(x, mask):
     """Zero the padded frames of ``x`` (any ``[B, ..., T]``); a no-op without a mask.
 
-    A fill rather than a product, so padding that holds inf or NaN cannot leak (0 * NaN is NaN)."""
+    A select rather than a product, so padding that holds inf or NaN cannot leak (0 * NaN is NaN);
+    ``where`` rather than ``masked_fill``, which hands back a channels-first copy of a channels-last map."""
     if mask is None:
         return x
     if x.dim() == 4 and mask.dim() == 3:  # [B, C, F, T] feature maps of 2-D backbones
         mask = mask.unsqueeze(2)
-    return x.masked_fill(mask == 0, 0.0)
+    return torch.where(mask == 0, 0.0, x)
 
 
 def masked_mean(x, mask, dim: int = -1, keepdim: bool = False):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mvector.errors import AudioError, ConfigError
 from mvector.models import BACKBONES
-from mvector.models.masking import apply_mask, conv_lengths, lengths_to_mask
+from mvector.models.masking import apply_mask, conv_lengths, lengths_to_mask, spectrogram_input
 from mvector.models.pooling import build_pooling
 
 # Stem: a 7x7 convolution with stride 3, then a 3x3 max-pool with stride 2 (both padded by 1).
@@ -110,13 +110,10 @@ class Res2Net(nn.Module):
     def forward(self, x, lengths=None):
         if x.shape[1] < self.min_frames:
             raise AudioError(f"Res2Net needs at least {self.min_frames} feature frames, got {x.shape[1]}")
-        # Channels-last memory: oneDNN runs these small-channel 2-D convolutions without reordering.
-        x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)  # [B, 1, freq, time]
-        mask = None
         if lengths is not None:
             lengths = lengths.to(x.device)
-            x = apply_mask(x, lengths_to_mask(lengths, x.shape[-1]))
-            lengths = conv_lengths(lengths, **STEM_CONV)
+        x, mask = spectrogram_input(x, lengths)  # [B, 1, freq, time]
+        lengths = conv_lengths(lengths, **STEM_CONV)
         x = F.relu(self.stem_bn(self.stem_conv(x)))
         if lengths is not None:
             # After ReLU everything is >= 0, so zeros in the padding act like max-pool's -inf padding.
