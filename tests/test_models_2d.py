@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mvector.models import campplus
 from mvector.models.campplus import CAMPPlus, segment_context
 from mvector.models.eres2net import ERes2Net
 from mvector.models.masking import lengths_to_mask
@@ -90,3 +91,19 @@ def test_full_lengths_equal_no_lengths(name):
     x = torch.randn(2, 41, 24)
     with torch.no_grad():
         torch.testing.assert_close(model(x, torch.tensor([41, 41])), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_campplus_runs_its_fcm_in_slices_in_cpu_inference_with_the_same_result(monkeypatch, padded):
+    torch.manual_seed(0)
+    model = _randomize_batch_norm(SMALL_MODELS["CAMPPlus"]()).eval()
+    x = torch.randn(5, 40, 24)
+    lengths = torch.tensor([40, 31, 40, 9, 22]) if padded else None
+    slices = []
+    model.head.register_forward_hook(lambda module, inputs, output: slices.append(len(output)))
+    with torch.inference_mode():
+        whole = model(x, lengths)
+        monkeypatch.setattr(campplus, "FCM_CPU_FRAMES", 80)  # two 40-frame utterances per slice
+        sliced = model(x, lengths)
+    assert slices == [5, 2, 2, 1]
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
