@@ -107,7 +107,7 @@ def embed(predictor, batch) -> np.ndarray:
 
 @PATHS.register(name="eager")
 def eager_path(model_dir, workdir, threads, calibration=None):
-    return MVectorPredictor(model_dir)
+    return MVectorPredictor(model_dir, fuse_batchnorm=False)
 
 
 @PATHS.register(name="fused")

@@ -5,6 +5,7 @@ Every backend is built from a model directory and called as
 out), with ``sample_rate``, ``embd_dim``, ``config``, ``state`` and ``fingerprint()``. The feature
 front-end is inside each one, so the predictor never pairs weights with another front-end.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +38,24 @@ def torch_device(use_gpu: bool) -> torch.device:
 
 @BACKENDS.register(name="torch")
 class TorchBackend:
-    """The model directory's SpeakerEmbedder (features + backbone, eval mode) on the CPU or a GPU."""
+    """The model directory's SpeakerEmbedder (features + backbone, eval mode) on the CPU or a GPU.
 
-    def __init__(self, model_dir, use_gpu: bool = False, fuse_batchnorm: bool = False):
+    ``fuse_batchnorm``: None (default) folds BatchNorms into the convolutions before them at load,
+    keeping the model as it is, with a warning, if folding would change its outputs; True requires
+    the folding; False keeps every BatchNorm.
+    """
+
+    def __init__(self, model_dir, use_gpu: bool = False, fuse_batchnorm=None):
         self.model_dir = Path(model_dir)
         self.device = torch_device(use_gpu)
         self.embedder, self.config, self.state = load_embedder(self.model_dir, self.device)
-        if fuse_batchnorm:
-            self.embedder = _fused(self.embedder, self.device)
+        if fuse_batchnorm is not False:
+            try:
+                self.embedder = _fused(self.embedder, self.device)
+            except MVectorError as exc:
+                if fuse_batchnorm:
+                    raise
+                warnings.warn(f"{self.model_dir}: {exc}")
         self.sample_rate = self.embedder.sample_rate
         self.embd_dim = self.embedder.embd_dim
 

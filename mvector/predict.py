@@ -53,13 +53,14 @@ class MVectorPredictor:
     ``hop_seconds``: sliding windows for long recordings; ``batch_size``: utterances or windows
     per forward pass. ``backend``: 'torch', 'onnx' (an exported ``model.onnx``, found in
     ``model_dir`` or given as ``onnx_path``) or 'onnx-int8' (``model.int8.onnx``, ``mvector.quantize``).
-    ``fuse_batchnorm``: fold BatchNorms into the convolutions before them at load (torch backend; the
-    same embeddings, 5-25 % faster on the CPU for the backbones that have such pairs).
+    ``fuse_batchnorm`` (torch backend): BatchNorms are folded into the convolutions before them at
+    load, checked to give the same embeddings (5-50 % faster on the CPU for the backbones that have
+    such pairs). None (default): fold where that check passes; True: fold or fail; False: never.
     """
 
     def __init__(self, model_dir=None, audio_db_path="audio_db/", threshold=None, use_gpu=False,
                  window_seconds=10.0, hop_seconds=5.0, batch_size=16, *, backend="torch", onnx_path=None,
-                 fuse_batchnorm=False):
+                 fuse_batchnorm=None):
         if model_dir is None:
             from mvector.pretrained import default_model_dir
             model_dir = default_model_dir()
@@ -71,10 +72,10 @@ class MVectorPredictor:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model_dir = Path(model_dir)
         extra = {} if onnx_path is None else {"onnx_path": onnx_path}
-        if fuse_batchnorm:
+        if fuse_batchnorm is not None:
             if backend != "torch":
                 raise ConfigError(f"fuse_batchnorm applies to the torch backend, not {backend!r}")
-            extra["fuse_batchnorm"] = True
+            extra["fuse_batchnorm"] = bool(fuse_batchnorm)
         self._backend = BACKENDS.build(backend, self.model_dir, use_gpu=use_gpu, where="MVectorPredictor: ", **extra)
         self.config = self._backend.config
         self.sample_rate = self._backend.sample_rate

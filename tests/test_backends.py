@@ -85,17 +85,36 @@ def test_a_pass_holds_one_utterance_however_long(resnet_backend):
     assert sizes == [1, 1]
 
 
-def test_predictor_can_fold_batchnorm_at_load_with_the_same_embeddings(tmp_path):
+def _batchnorms(predictor):
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in predictor._backend.embedder.modules())
+
+
+@pytest.mark.parametrize("fuse_batchnorm", [None, True])
+def test_predictor_folds_batchnorm_at_load_by_default_with_the_same_embeddings(tmp_path, fuse_batchnorm):
     from mvector.predict import MVectorPredictor
 
     model_dir = _resnet_dir(tmp_path / "model")  # its convolutions feed BatchNorms directly
     waves = [coloured_noise(s, seed=i) for i, s in enumerate((1.5, 1.0, 2.2))]
-    plain = MVectorPredictor(model_dir).predict_batch(waves, sample_rate=16000)
-    fused = MVectorPredictor(model_dir, fuse_batchnorm=True)
-    norms = [m for m in fused._backend.embedder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert len(norms) < sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                            for m in MVectorPredictor(model_dir)._backend.embedder.modules())
-    np.testing.assert_allclose(fused.predict_batch(waves, sample_rate=16000), plain, atol=1e-4)
+    plain = MVectorPredictor(model_dir, fuse_batchnorm=False)
+    fused = MVectorPredictor(model_dir, fuse_batchnorm=fuse_batchnorm)
+    assert _batchnorms(fused) < _batchnorms(plain)
+    np.testing.assert_allclose(fused.predict_batch(waves, sample_rate=16000),
+                               plain.predict_batch(waves, sample_rate=16000), atol=1e-4)
+
+
+def test_folding_that_would_change_outputs_warns_by_default_and_fails_when_required(tmp_path, monkeypatch):
+    from mvector import inference
+    from mvector.errors import MVectorError
+    from mvector.predict import MVectorPredictor
+
+    model_dir = make_model_dir(tmp_path / "model")
+    unfolded = _batchnorms(MVectorPredictor(model_dir, fuse_batchnorm=False))
+    monkeypatch.setattr(inference, "MAX_RELATIVE_ERROR", -1.0)  # every fold now counts as a change
+    with pytest.warns(UserWarning, match="fuse_batchnorm: folding .* changed its outputs"):
+        predictor = MVectorPredictor(model_dir)
+    assert _batchnorms(predictor) == unfolded
+    with pytest.raises(MVectorError, match="changed its outputs"):
+        MVectorPredictor(model_dir, fuse_batchnorm=True)
 
 
 def test_fuse_batchnorm_is_refused_for_other_backends(tmp_path):
