@@ -54,8 +54,9 @@ class MVectorPredictor:
     per forward pass. ``backend``: 'torch', 'onnx' (an exported ``model.onnx``, found in
     ``model_dir`` or given as ``onnx_path``) or 'onnx-int8' (``model.int8.onnx``, ``mvector.quantize``).
     ``fuse_batchnorm`` (torch backend): BatchNorms are folded into the convolutions before them at
-    load, checked to give the same embeddings (5-50 % faster on the CPU for the backbones that have
-    such pairs). None (default): fold where that check passes; True: fold or fail; False: never.
+    load, checked to give the same embeddings (5-25 % faster on the CPU for the backbones that have
+    such pairs; ECAPA-TDNN has none). None (default): fold where that check passes; True: fold or
+    fail; False: never.
     """
 
     def __init__(self, model_dir=None, audio_db_path="audio_db/", threshold=None, use_gpu=False,
