@@ -49,13 +49,18 @@ def strided_masks(lengths, frames: int, steps: int, dtype, **conv):
 def apply_mask(x, mask):
     """Zero the padded frames of ``x`` (any ``[B, ..., T]``); a no-op without a mask.
 
-    A select rather than a product, so padding that holds inf or NaN cannot leak (0 * NaN is NaN);
-    ``where`` rather than ``masked_fill``, which hands back a channels-first copy of a channels-last map."""
+    A fill rather than a product, so padding that holds inf or NaN cannot leak (0 * NaN is NaN).
+    Eager, the fill runs in place on a copy that keeps ``x``'s memory layout (``masked_fill`` hands
+    back a channels-first copy of a channels-last map); under torch.export it is ``masked_fill``,
+    whose output simply takes ``x``'s shape: with ``where``, a product or that in-place fill the
+    exporter demands that Res2Net's deepest time axis is longer than one frame."""
     if mask is None:
         return x
     if x.dim() == 4 and mask.dim() == 3:  # [B, C, F, T] feature maps of 2-D backbones
         mask = mask.unsqueeze(2)
-    return torch.where(mask == 0, 0.0, x)
+    if torch.compiler.is_exporting():
+        return x.masked_fill(mask == 0, 0.0)
+    return x.clone().masked_fill_(mask == 0, 0.0)
 
 
 def masked_mean(x, mask, dim: int = -1, keepdim: bool = False):
