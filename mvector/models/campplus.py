@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvector.models import BACKBONES
-from mvector.models.masking import apply_mask, conv_lengths, lengths_to_mask
+from mvector.models.masking import apply_mask, conv_lengths, lengths_to_mask, spectrogram_input
 from mvector.models.pooling import build_pooling
 
 # The input TDNN layer halves the frame rate; every later layer keeps it.
@@ -64,9 +64,8 @@ class FCM(nn.Module):
         self.out_channels = channels * freq
 
     def forward(self, x, mask):
-        """``x`` [B, F, T] with zero padded frames -> [B, C*F', T] (time length unchanged)."""
-        # Channels-last memory makes these small-channel 2-D convolutions much faster on CPU.
-        x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+        """``x`` [B, 1, F, T] channels-last map with zero padded frames (``spectrogram_input``)
+        -> [B, C*F', T] (time length unchanged)."""
         out = apply_mask(F.relu(self.bn1(self.conv1(x))), mask)
         for block in self.blocks:
             out = block(out, mask)
@@ -185,10 +184,7 @@ class CAMPPlus(nn.Module):
 
     def forward(self, x, lengths=None):
         """``x`` [B, T, D] features, ``lengths`` [B] valid frames (None: all) -> [B, embd_dim]."""
-        x = x.transpose(1, 2)
-        mask = lengths_to_mask(lengths, x.shape[-1], x.dtype)
-        if mask is not None:
-            x = x.masked_fill(mask == 0, 0.0)  # not x * mask: padding may hold inf/NaN
+        x, mask = spectrogram_input(x, lengths)
         x = apply_mask(self._run_head(x, mask), mask)
         x = self.tdnn(x)
         lengths = conv_lengths(lengths, **_TDNN)
