@@ -194,6 +194,23 @@ class Fbank(_Featurizer):
         self.register_buffer('scaled_window', (window * wave_scale).float(), persistent=False)
         banks = kaldi_mel_banks(self.num_mel_bins, self.padded_size, sample_rate, low_freq, high)
         self.register_buffer('mel_banks', banks.float(), persistent=False)
+        self.register_buffer('frame_to_spectrum', self._frame_to_spectrum(window * wave_scale).float(),
+                             persistent=False)
+
+    def _frame_to_spectrum(self, scaled_window):
+        """[win, 2 * bins] float64: DC removal, pre-emphasis, window and the DFT of the zero-padded
+        frame as one matrix, real parts then imaginary parts (all four steps are linear)."""
+        win = self.win_length
+        transform = torch.eye(win, dtype=torch.float64)
+        if self.remove_dc_offset:
+            transform = transform - 1.0 / win
+        emphasis = torch.eye(win, dtype=torch.float64) - self.preemph * torch.diag(torch.ones(win - 1,
+                                                                                           dtype=torch.float64), 1)
+        emphasis[0, 0] = 1.0 - self.preemph  # Kaldi pre-emphasises the first sample against itself
+        transform = transform @ emphasis * scaled_window
+        angle = 2 * math.pi / self.padded_size * torch.outer(
+            torch.arange(win, dtype=torch.float64), torch.arange(self.padded_size // 2 + 1, dtype=torch.float64))
+        return transform @ torch.cat([angle.cos(), -angle.sin()], dim=1)
 
     @property
     def feature_dim(self) -> int:
@@ -211,8 +228,15 @@ class Fbank(_Featurizer):
             waveforms = waveforms + torch.randn_like(waveforms) * (self.dither / self.wave_scale)
         frames = waveforms.unfold(1, self.win_length, self.hop_length)
         mean = frames.mean(dim=-1) if self.remove_dc_offset else None
-        spectrum = torch.fft.rfft(self._windowed_frames(waveforms, frames, mean))
-        power = spectrum.real.square() + spectrum.imag.square()
+        if torch.compiler.is_exporting():
+            # ONNX Runtime's DFT takes ~30x longer than its matmul here (60 ms for 16 x 3 s against
+            # torch's 9 ms), so an exported graph transforms frames with one matrix product instead.
+            spectrum = frames @ self.frame_to_spectrum.to(frames.device, torch.float32)
+            real, imaginary = spectrum.chunk(2, dim=-1)
+        else:
+            spectrum = torch.fft.rfft(self._windowed_frames(waveforms, frames, mean))
+            real, imaginary = spectrum.real, spectrum.imag
+        power = real.square() + imaginary.square()
         features = (power @ self.mel_banks.to(power.device, torch.float32)).clamp_(min=FLOAT_EPS).log_()
         if self.use_energy:  # Kaldi's raw energy: after DC removal, before pre-emphasis and window
             centered = frames if mean is None else frames - mean[..., None]

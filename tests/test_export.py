@@ -72,8 +72,11 @@ def test_onnx_graph_has_dynamic_batch_and_time_axes_and_the_front_end_inside(onn
     assert [i.name for i in inputs] == ["waveforms", "lengths"]
     waveforms, lengths = inputs[0].shape, inputs[1].shape
     assert all(isinstance(d, str) for d in waveforms) and lengths == waveforms[:1]
-    # The Fbank front-end's rfft is in the graph: it takes waveforms, not features.
-    assert "DFT" in {node.op_type for node in onnx.load(str(onnx_dir / ONNX_FILE)).graph.node}
+    # The Fbank front-end is in the graph (it takes waveforms, not features): its frame-to-spectrum
+    # matrix (400-sample frames to 257 real and 257 imaginary parts) and its log.
+    graph = onnx.load(str(onnx_dir / ONNX_FILE)).graph
+    assert (400, 2 * 257) in {tuple(tensor.dims) for tensor in graph.initializer}
+    assert "Log" in {node.op_type for node in graph.node}
 
 
 def test_exported_directory_is_a_complete_model_directory(onnx_dir, model_dir):

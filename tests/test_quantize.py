@@ -40,8 +40,11 @@ def test_int8_graph_quantizes_the_convolutions_and_nothing_before_them(exported)
     assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= sum(op == "Conv" for op in ops) > 0
-    # The front-end (DFT, mel projection, log) runs before the first QuantizeLinear, in float32.
-    assert ops.index("DFT") < ops.index("QuantizeLinear")
+    # The front-end (frame-to-spectrum and mel matrices, log) runs before the first QuantizeLinear,
+    # in float32.
+    assert ops.index("Log") < ops.index("QuantizeLinear")
+    spectrum = [t for t in graph.initializer if tuple(t.dims) == (400, 2 * 257)]
+    assert [t.data_type for t in spectrum] == [onnx.TensorProto.FLOAT]
 
 
 def test_int8_predictor_keeps_the_float32_embeddings_on_unseen_speech(exported):
