@@ -15,7 +15,7 @@ from mvector.embedder import build_embedder
 from mvector.errors import MVectorError
 from mvector.evaluation import (evaluate_cross, evaluate_trials, extract_embeddings, read_labelled_list,
                                 read_trials)
-from mvector.metrics import as_norm, cosine_score_matrix, verification_metrics
+from mvector.metrics import as_norm, cosine_score_matrix, pair_scores, verification_metrics
 from mvector.model_dir import save_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,9 +127,17 @@ def test_evaluate_trials_scores_pairs_and_drops_unusable_ones(embedder, config, 
     plot = tmp_path / "det" / "curve.png"
     result = evaluate_trials(embedder, trials, config, num_workers=0, progress=False, det_plot_path=plot)
 
-    embeddings = extract_embeddings(embedder, list(files.values()), num_workers=0, progress=False)
+    # The trial files extracted and scored as evaluate_trials does: this tiny random TDNN gives every
+    # pair a cosine within 1e-5 of 1, so other batches (other padding) or another float32 dot product
+    # would reorder the scores by rounding alone.
+    paths1, paths2, _ = read_trials(trials)
+    data = config["dataset_conf"]
+    embeddings = extract_embeddings(embedder, paths1 + paths2, batch_size=data["eval_batch_size"],
+                                    max_duration=data["eval_max_duration"], num_workers=0, progress=False,
+                                    normalize_db=data["target_db"] if data["use_db_normalization"] else None)
     usable = rows[:16] + [(files[(3, 2)], files[(3, 1)], 1)]
-    scores = np.array([embeddings[a] @ embeddings[b] for a, b, _ in usable])
+    scores = pair_scores(np.stack([embeddings[str(a)] for a, _, _ in usable]),
+                         np.stack([embeddings[str(b)] for _, b, _ in usable]))
     expected = verification_metrics(scores, np.array([label for _, _, label in usable]))
     for key in ("eer", "min_dcf", "min_dcf_05", "threshold"):
         assert result[key] == pytest.approx(expected[key], abs=1e-5)
