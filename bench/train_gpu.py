@@ -5,11 +5,13 @@
                               [--peer-python /path/to/peer-venv/bin/python | --peer-wheel WHEEL [WHEEL ...]]
     python bench/train_gpu.py --device cpu --steps 2 --warmup 1 --batch-sizes 4 --backbones TDNN  # smoke run
 
-Our training step as ``MVectorTrainer`` runs it: 3 s waveform crops copied to the device, Fbank
-on the device, SpecAugment (configs/augmentation.yml), backbone, the config's head (Cosine) and
-loss (AAMLoss), all under bf16 autocast, backward, gradient clipping at the config's grad_clip,
-the config's optimizer (Adam). Batches come from a synthetic in-memory loader (pre-built batches
-of voice-like audio in pinned host memory), so data never starves the GPU.
+Our training step as ``MVectorTrainer`` runs it: 3 s waveform crops copied to the device, the
+waveform augmentation that runs there (reverberation, noise, volume: configs/augmentation.yml),
+Fbank on the device, SpecAugment, backbone, the config's head (Cosine) and loss (AAMLoss), all
+under bf16 autocast, backward, gradient clipping at the config's grad_clip, the config's optimizer
+(Adam). Batches come from a synthetic in-memory loader (pre-built batches of voice-like audio in
+pinned host memory); what the real loader (crops and speed perturbation on CPU workers) delivers
+per second is ``bench/loader.py``'s figure, to set beside samples_per_s.
 
 One figure per line, the value last: ``<backbone> <ours|peer> b<batch> <metric> <value>``:
   samples_per_s     training crops per second over --steps steps after --warmup steps
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mvector.augment import SpecAugment  # noqa: E402
+from mvector.augment import SpecAugment, build_wave_augmentation  # noqa: E402
 from mvector.config import load_config  # noqa: E402
 from mvector.embedder import build_featurizer  # noqa: E402
 from mvector.losses import build_loss  # noqa: E402
@@ -92,8 +94,10 @@ class OurTrainStep:
                                       **model_conf["classifier_args"])
         loss = build_loss(loss_conf["loss"], **loss_conf["loss_args"])
         # The config names augmentation.yml relative to the repository root.
-        spec_augment = SpecAugment.from_config(str(ROOT / config["dataset_conf"]["aug_conf_path"]))
-        self.graph = TrainGraph(featurizer, spec_augment, backbone, classifier, loss).to(device).train()
+        aug_path = str(ROOT / config["dataset_conf"]["aug_conf_path"])
+        _, wave_augment = build_wave_augmentation(aug_path, SAMPLE_RATE)
+        spec_augment = SpecAugment.from_config(aug_path)
+        self.graph = TrainGraph(wave_augment, featurizer, spec_augment, backbone, classifier, loss).to(device).train()
         if compile_backbone:
             backbone.compile()
         self.optimizer = getattr(torch.optim, opt_conf["optimizer"])(self.graph.parameters(), **opt_conf["optimizer_args"])

@@ -1,28 +1,28 @@
 """Training augmentation: on waveforms (speed, reverberation, noise, volume) and on features (SpecAugment).
 
-Every waveform augmentation draws from the ``numpy.random.Generator`` it is given, so a sample's
-augmentation is a function of the dataset's (seed, epoch, item) whichever worker makes it.
-Without user noise or RIR files the augmentor generates its own: coloured noise shaped in the
-frequency domain, babble mixed from other training utterances, and a bank of room impulse
-responses simulated once with pyroomacoustics and cached on disk.
+Speed perturbation changes an utterance's length and label, so it runs per utterance in the data
+loader (``SpeedPerturb``, drawing from the dataset's per-sample generator). Everything else runs
+batched on the training device, after the batch is there (``WaveAugment``, ``SpecAugment``), so
+that a GPU is never held up by augmentation on the loader's CPU cores. Without user noise or RIR
+files the augmentation makes its own: coloured noise shaped in the frequency domain, babble mixed
+from other utterances of the batch, and a bank of room impulse responses simulated once with
+pyroomacoustics and cached on disk.
 """
 from __future__ import annotations
 
-import functools
-import math
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from scipy.signal import fftconvolve
 from torch import nn
 
 from mvector.audio import load_audio, resample
 from mvector.config import NUM, OPT_STR, Field, validate
 from mvector.data_lists import AUDIO_EXTENSIONS
-from mvector.errors import ConfigError
+from mvector.errors import AudioError, ConfigError
 from mvector.registry import Registry
 
 AUG_SCHEMA = {
@@ -61,7 +61,11 @@ AUG_SCHEMA = {
     },
 }
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_SPEEDS = tuple(AUG_SCHEMA["speed"]["speeds"].default)
+# The sections WaveAugment applies on the training device.
+DEVICE_SECTIONS = ("reverb", "noise", "volume")
 RIR_CACHE_ENV = "MVECTOR_CACHE"
 # Simulated rooms: shoebox sizes (m) and reverberation times (s) of ordinary rooms. Image-source
 # order is capped so one RIR costs well under a second; the late tail it cuts is weak anyway.
@@ -71,6 +75,8 @@ MAX_IMAGE_ORDER = 30
 # An RIR is cut where its remaining energy falls 60 dB below the total, and at 1 s at most.
 RIR_TAIL_DB = 60.0
 RIR_MAX_SECONDS = 1.0
+# Noise and RIR folders are decoded into memory once: at most this much audio from each.
+MAX_BANK_SECONDS = 3600.0
 
 
 def load_augmentation_config(path) -> dict:
@@ -129,7 +135,7 @@ def _check_order(where, section, values, low, high):
         raise ConfigError(f"{where}: '{section}.{low}' ({values[low]}) is above '{section}.{high}' ({values[high]})")
 
 
-# ------------------------------------------------------------------ elementary operations
+# ------------------------------------------------------------------ speed perturbation (in the loader)
 
 def change_speed(wav: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
     """Play ``wav`` ``factor`` times faster (pitch moves too, as in Kaldi's speed perturbation):
@@ -137,51 +143,124 @@ def change_speed(wav: np.ndarray, factor: float, sample_rate: int) -> np.ndarray
     return resample(wav, round(sample_rate * factor), sample_rate)
 
 
-def apply_gain(wav: np.ndarray, gain_db: float) -> np.ndarray:
-    return np.multiply(wav, np.float32(10.0 ** (gain_db / 20.0)), dtype=np.float32)
+class SpeedPerturb:
+    """Speed perturbation of one utterance, in the data loader (it changes the length and, with
+    ``speed_perturb_as_classes``, the label, so it must run before batching).
+
+    ``speed_perturb(wav, label, rng, num_base_speakers=None) -> (wav, label)``. Applied with
+    probability ``speed.prob``, one of ``speed.speeds`` at random. ``num_base_speakers`` given: factor
+    k (1-based in ``speed.speeds``) maps the label to ``label + k * num_base_speakers``.
+    """
+
+    def __init__(self, conf: dict, sample_rate: int = 16000):
+        self.prob = float(conf["speed"]["prob"])
+        self.speeds = [float(s) for s in conf["speed"]["speeds"]]
+        self.sample_rate = sample_rate
+
+    @property
+    def num_speed_classes(self) -> int:
+        """Label sets with speed_perturb_as_classes: the original voices plus one per factor."""
+        return 1 + len(self.speeds)
+
+    def __call__(self, wav, label, rng, num_base_speakers=None):
+        if self.speeds and rng.random() < self.prob:
+            k = int(rng.integers(len(self.speeds)))
+            wav = change_speed(wav, self.speeds[k], self.sample_rate)
+            if num_base_speakers is not None:
+                label = label + (k + 1) * num_base_speakers
+        return wav, label
 
 
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``speech + k * noise`` with ``k`` such that 10 log10(P_speech / P_k*noise) = ``snr_db``.
-    ``noise`` must be as long as ``speech``; silent speech or noise comes back unchanged."""
-    speech_power = float(np.mean(np.square(speech, dtype=np.float64)))
-    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
-    if speech_power == 0.0 or noise_power == 0.0:
-        return speech
-    scale = math.sqrt(speech_power / (noise_power * 10.0 ** (snr_db / 10.0)))
-    return (speech + np.float32(scale) * noise).astype(np.float32)
+# ------------------------------------------------------------------ batched operations on the device
+# Every function takes a zero-padded batch ``waveforms[B, N]`` with ``lengths[B]`` valid samples and
+# measures levels over the valid samples only; padding stays zero.
+
+def valid_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def fit_length(wav: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``length``-sample stretch of ``wav``: looped when shorter, from a random offset when longer."""
-    if len(wav) < length:
-        wav = np.tile(wav, -(-length // len(wav)))
-    start = int(rng.integers(0, len(wav) - length + 1))
-    return wav[start:start + length]
+def mean_power(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[B]`` mean square over each row's valid samples (0 for an empty row)."""
+    valid = valid_mask(lengths, waveforms.shape[1])
+    return (waveforms.float().square() * valid).sum(dim=1) / lengths.clamp(min=1)
 
 
-def reverberate(wav: np.ndarray, rir: np.ndarray) -> np.ndarray:
-    """Convolve with ``rir`` keeping the direct path (its largest tap) on the original timing and
-    the RMS level unchanged, so labels, crops and dB normalisation still line up."""
-    direct = int(np.argmax(np.abs(rir)))
-    wet = fftconvolve(wav, rir)[direct:direct + len(wav)]
-    wet_rms = math.sqrt(float(np.mean(np.square(wet, dtype=np.float64))))
-    dry_rms = math.sqrt(float(np.mean(np.square(wav, dtype=np.float64))))
-    if wet_rms == 0.0:
-        return wav
-    return (wet * (dry_rms / wet_rms)).astype(np.float32)
+def mix_at_snr(speech: torch.Tensor, noise: torch.Tensor, lengths: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """``speech + k * noise`` per row, ``k`` such that 10 log10(P_speech / P_k*noise) = ``snr_db[row]``
+    over the valid samples. Rows whose speech or noise is silent come back unchanged."""
+    speech_power, noise_power = mean_power(speech, lengths), mean_power(noise, lengths)
+    usable = (speech_power > 0) & (noise_power > 0)
+    scale = torch.sqrt(speech_power / (noise_power.clamp(min=1e-20) * 10.0 ** (snr_db / 10.0)))
+    scale = torch.where(usable, scale, torch.zeros_like(scale))
+    return speech + (scale[:, None] * noise * valid_mask(lengths, speech.shape[1])).to(speech.dtype)
 
 
-def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise whose power spectrum falls as 1/f**exponent (0 white, 1 pink, 2 brown),
-    shaped by scaling the spectrum of white noise; unit RMS."""
-    spectrum = np.fft.rfft(rng.standard_normal(length))
-    freqs = np.fft.rfftfreq(length)
-    freqs[0] = freqs[1] if length > 1 else 1.0  # no infinite DC gain
-    spectrum *= freqs ** (-exponent / 2.0)
-    noise = np.fft.irfft(spectrum, n=length)
-    rms = math.sqrt(float(np.mean(noise ** 2))) or 1.0
-    return (noise / rms).astype(np.float32)
+def reverberate(waveforms: torch.Tensor, lengths: torch.Tensor, rirs: torch.Tensor) -> torch.Tensor:
+    """Each row convolved with its room impulse response (``rirs[B, L]``, zero-padded), keeping the
+    direct path (the RIR's largest tap) on the original timing and the RMS level unchanged, so labels,
+    crops and dB normalisation still line up. A row whose reverberant copy is silent is kept dry."""
+    batch, size = waveforms.shape
+    fft_size = 1 << (size + rirs.shape[1] - 2).bit_length()  # >= the full convolution's length
+    spectrum = torch.fft.rfft(waveforms.float(), fft_size) * torch.fft.rfft(rirs.float(), fft_size)
+    full = torch.fft.irfft(spectrum, fft_size)
+    direct = rirs.abs().argmax(dim=1)
+    wet = full.gather(1, direct[:, None] + torch.arange(size, device=waveforms.device)[None, :])
+    wet = wet * valid_mask(lengths, size)
+    wet_power, dry_power = mean_power(wet, lengths), mean_power(waveforms, lengths)
+    gain = torch.sqrt(dry_power / wet_power.clamp(min=1e-20))
+    return torch.where((wet_power > 0)[:, None], wet * gain[:, None], waveforms.float()).to(waveforms.dtype)
+
+
+def coloured_noise(rows: int, size: int, exponents: torch.Tensor) -> torch.Tensor:
+    """``[rows, size]`` Gaussian noise whose power spectrum falls as 1/f**exponent (0 white, 1 pink,
+    2 brown), shaped by scaling the spectrum of white noise; unit RMS per row."""
+    device = exponents.device
+    white = torch.randn(rows, size, device=device)
+    freqs = torch.fft.rfftfreq(size, device=device)
+    if size > 1:
+        freqs[0] = freqs[1]  # no infinite DC gain
+    else:
+        freqs[0] = 1.0
+    shaped = torch.fft.irfft(torch.fft.rfft(white) * freqs[None, :] ** (-exponents[:, None] / 2.0), n=size)
+    return shaped / shaped.square().mean(dim=1, keepdim=True).sqrt().clamp(min=1e-20)
+
+
+def loop_crops(samples: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """``[R, size]`` stretches of clips stored end to end in ``samples`` (clip r at ``offsets[r]``,
+    ``lengths[r]`` long): from a random start when the clip is longer, looped when it is shorter."""
+    spans = torch.where(lengths >= size, lengths - size + 1, lengths)
+    starts = (torch.rand(len(lengths), device=lengths.device) * spans).long()
+    positions = (starts[:, None] + torch.arange(size, device=lengths.device)[None, :]) % lengths[:, None]
+    return samples[offsets[:, None] + positions].float()
+
+
+class ClipBank:
+    """Clips (noise or RIRs) stored end to end in one tensor, moved to a device on demand."""
+
+    def __init__(self, clips: list):
+        self.samples = torch.from_numpy(np.concatenate(clips).astype(np.float32)) if clips else torch.zeros(0)
+        self.lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def to(self, device) -> "ClipBank":
+        if self.samples.device != torch.device(device):
+            self.samples, self.lengths, self.offsets = (t.to(device) for t in (self.samples, self.lengths, self.offsets))
+        return self
+
+    def padded(self, picks: torch.Tensor) -> torch.Tensor:
+        """``[R, longest]`` the picked clips from their first sample, zero-padded."""
+        lengths = self.lengths[picks]
+        longest = int(lengths.max())
+        positions = torch.arange(longest, device=picks.device)[None, :]
+        inside = positions < lengths[:, None]
+        index = torch.where(inside, self.offsets[picks][:, None] + positions, torch.zeros_like(positions))
+        return self.samples[index] * inside
+
+    def crops(self, picks: torch.Tensor, size: int) -> torch.Tensor:
+        return loop_crops(self.samples, self.offsets[picks], self.lengths[picks], size)
 
 
 # ------------------------------------------------------------------ generated noises
@@ -191,9 +270,11 @@ GENERATED_NOISES = Registry("generated noise")
 
 class _ColouredNoise:
     exponent = 0.0
+    needs_other_rows = False
 
-    def __call__(self, length, rng, babble_source, conf):
-        return coloured_noise(length, self.exponent, rng)
+    def __call__(self, waveforms, lengths, rows, conf):
+        exponents = torch.full((len(rows),), self.exponent, device=waveforms.device)
+        return coloured_noise(len(rows), waveforms.shape[1], exponents)
 
 
 @GENERATED_NOISES.register(name="white")
@@ -213,16 +294,25 @@ class BrownNoise(_ColouredNoise):
 
 @GENERATED_NOISES.register(name="babble")
 class BabbleNoise:
-    """The sum of a few other training utterances, each at the same level: crowd chatter."""
+    """Crowd chatter: the sum of a few other utterances of the same batch, each at unit RMS,
+    looped to fill the row. Needs a batch of at least two."""
 
-    def __call__(self, length, rng, babble_source, conf):
-        count = int(rng.integers(conf["min_babble_speakers"], conf["max_babble_speakers"] + 1))
-        talkers = [fit_length(w, length, rng) for w in babble_source(count, rng) if len(w)]
-        babble = np.zeros(length, dtype=np.float32)
-        for talker in talkers:
-            rms = math.sqrt(float(np.mean(np.square(talker, dtype=np.float64))))
-            if rms > 0:
-                babble += talker / np.float32(rms)
+    needs_other_rows = True
+
+    def __call__(self, waveforms, lengths, rows, conf):
+        batch, size = waveforms.shape
+        device = waveforms.device
+        low, high = conf["min_babble_speakers"], conf["max_babble_speakers"]
+        counts = torch.randint(low, high + 1, (len(rows),), device=device)
+        rms = mean_power(waveforms, lengths).sqrt()
+        flat = waveforms.float().reshape(-1)
+        babble = torch.zeros(len(rows), size, device=device)
+        for talker in range(high):
+            # Another row: a random non-zero shift of this one's position in the batch.
+            others = (rows + torch.randint(1, batch, (len(rows),), device=device)) % batch
+            usable = (talker < counts) & (rms[others] > 0) & (lengths[others] > 0)
+            voice = loop_crops(flat, others * size, lengths[others].clamp(min=1), size)
+            babble += voice * (usable / rms[others].clamp(min=1e-20))[:, None]
         return babble
 
 
@@ -280,13 +370,7 @@ def load_rir_bank(sample_rate: int, count: int = 200, cache_dir=None, seed: int 
     return rirs
 
 
-# ------------------------------------------------------------------ the waveform augmentor
-
-@functools.lru_cache(maxsize=64)
-def _load_clip(path: str, sample_rate: int) -> np.ndarray:
-    """Noise and RIR files are reused many times: decode each once per process (bounded)."""
-    return load_audio(path, target_sample_rate=sample_rate)
-
+# ------------------------------------------------------------------ the batched waveform augmentation
 
 def _audio_files_under(folder, key: str, where: str) -> list:
     root = Path(folder).expanduser()
@@ -298,80 +382,128 @@ def _audio_files_under(folder, key: str, where: str) -> list:
     return files
 
 
-class WaveAugmentor:
-    """Speed -> reverberation -> noise -> volume, each applied with its own probability.
+def load_clip_folder(folder, key: str, where: str, sample_rate: int) -> list:
+    """The audio files under ``folder`` (noise or RIRs), decoded once at ``sample_rate``.
 
-    ``augmentor(wav, label, rng, num_base_speakers=None, babble_source=None) -> (wav, label)``.
-    ``num_base_speakers`` given: a speed factor k (1-based in ``speed.speeds``) maps the label to
-    ``label + k * num_base_speakers`` (speed-perturbed voices as new speakers).
-    ``babble_source(count, rng)`` returns ``count`` other training waveforms; without it
-    generated noise never picks babble.
+    A folder of more than ``MAX_BANK_SECONDS`` of audio gives a random subset of that much (the
+    same subset every run). Unreadable or silent files are skipped with a warning; a folder with
+    none usable is a ConfigError naming ``key``.
+    """
+    files = _audio_files_under(folder, key, where)
+    clips, skipped, total = [], [], 0
+    for index in np.random.default_rng(0).permutation(len(files)):
+        try:
+            clip = load_audio(files[index], target_sample_rate=sample_rate)
+        except AudioError as error:
+            skipped.append(str(error))
+            continue
+        if not np.any(clip):
+            skipped.append(f"{files[index]}: silent")
+            continue
+        clips.append(clip)
+        total += len(clip)
+        if total >= MAX_BANK_SECONDS * sample_rate:
+            break
+    if skipped:
+        logger.warning("%s: '%s': skipped %d unusable file(s), e.g. %s", where, key, len(skipped), skipped[0])
+    if not clips:
+        raise ConfigError(f"{where}: '{key}' {folder!r} holds no readable, non-silent audio")
+    if len(clips) + len(skipped) < len(files):
+        logger.info("%s: '%s': using %d of %d files (%.0f s, the cap per folder)", where, key, len(clips),
+                    len(files), total / sample_rate)
+    return clips
+
+
+class WaveAugment(nn.Module):
+    """Reverberation -> noise -> volume on a zero-padded batch ``[B, N]``, on the batch's device.
+
+    The waveform augmentation that keeps lengths and labels, batched so that it costs a GPU next to
+    nothing and never holds up the data loader (speed perturbation, which changes both, runs in the
+    loader: ``SpeedPerturb``). Each row is reverberated, mixed with noise and changed in volume,
+    each with its configured probability. Noise comes from ``noise.noise_dir`` when given, otherwise
+    from the generated kinds (coloured noise, or babble made of other rows of the batch); RIRs from
+    ``reverb.rir_dir`` or the simulated bank. Draws come from the global torch RNG of the batch's
+    device, like SpecAugment's, whose state a training checkpoint holds. Identity in eval mode.
     """
 
     def __init__(self, conf: dict, sample_rate: int = 16000, where: str = "<augmentation config>",
                  rir_cache_dir=None):
+        super().__init__()
         self.conf = conf
-        self.sample_rate = sample_rate
-        self.speeds = [float(s) for s in conf["speed"]["speeds"]]
         noise, reverb = conf["noise"], conf["reverb"]
-        self.noise_files = (_audio_files_under(noise["noise_dir"], "noise.noise_dir", where)
-                            if noise["noise_dir"] and noise["prob"] > 0 else [])
-        self.generated_noises = {name: GENERATED_NOISES[name]() for name in noise["generated"]}
-        self.rir_files = (_audio_files_under(reverb["rir_dir"], "reverb.rir_dir", where)
-                          if reverb["rir_dir"] and reverb["prob"] > 0 else [])
-        # Simulated now, in the main process, so data-loader workers inherit the bank.
-        self.rir_bank = (load_rir_bank(sample_rate, reverb["num_simulated_rirs"], rir_cache_dir)
-                         if not reverb["rir_dir"] and reverb["prob"] > 0 else [])
+        self.noise_bank = (ClipBank(load_clip_folder(noise["noise_dir"], "noise.noise_dir", where, sample_rate))
+                           if noise["noise_dir"] and noise["prob"] > 0 else None)
+        self.generated = {name: GENERATED_NOISES[name]() for name in noise["generated"]}
+        self.rir_bank = None
+        if reverb["prob"] > 0:
+            self.rir_bank = ClipBank(load_clip_folder(reverb["rir_dir"], "reverb.rir_dir", where, sample_rate)
+                                     if reverb["rir_dir"] else
+                                     load_rir_bank(sample_rate, reverb["num_simulated_rirs"], rir_cache_dir))
 
-    @classmethod
-    def from_file(cls, path, sample_rate: int = 16000, rir_cache_dir=None) -> "WaveAugmentor":
-        return cls(load_augmentation_config(path), sample_rate, where=str(path), rir_cache_dir=rir_cache_dir)
-
-    @property
-    def num_speed_classes(self) -> int:
-        """Label sets with speed_perturb_as_classes: the original voices plus one per factor."""
-        return 1 + len(self.speeds)
-
-    def __call__(self, wav, label, rng=None, *, num_base_speakers=None, babble_source=None):
-        rng = rng if rng is not None else np.random.default_rng()
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor = None) -> torch.Tensor:
+        if not self.training:
+            return waveforms
+        batch, size = waveforms.shape
+        device = waveforms.device
+        if lengths is None:
+            lengths = torch.full((batch,), size, dtype=torch.long, device=device)
+        lengths = lengths.to(device=device, dtype=torch.long)
         conf = self.conf
-        if self.speeds and rng.random() < conf["speed"]["prob"]:
-            k = int(rng.integers(len(self.speeds)))
-            wav = change_speed(wav, self.speeds[k], self.sample_rate)
-            if num_base_speakers is not None:
-                label = label + (k + 1) * num_base_speakers
-        if rng.random() < conf["reverb"]["prob"]:
-            wav = reverberate(wav, self._pick_rir(rng))
-        if rng.random() < conf["noise"]["prob"]:
-            noise = self._make_noise(len(wav), rng, babble_source)
-            if noise is not None:
-                snr = rng.uniform(conf["noise"]["min_snr_db"], conf["noise"]["max_snr_db"])
-                wav = mix_at_snr(wav, noise, snr)
-        if rng.random() < conf["volume"]["prob"]:
-            wav = apply_gain(wav, rng.uniform(conf["volume"]["min_gain_db"], conf["volume"]["max_gain_db"]))
-        return np.ascontiguousarray(wav, dtype=np.float32), label
+        out = waveforms.clone()
+        rows = self._draw_rows(batch, conf["reverb"]["prob"], device)
+        if len(rows):
+            bank = self.rir_bank.to(device)
+            picks = torch.randint(len(bank), (len(rows),), device=device)
+            out[rows] = reverberate(out[rows], lengths[rows], bank.padded(picks))
+        rows = self._draw_rows(batch, conf["noise"]["prob"], device)
+        if len(rows):
+            out[rows] = self._add_noise(out, waveforms, lengths, rows)
+        rows = self._draw_rows(batch, conf["volume"]["prob"], device)
+        if len(rows):
+            low, high = conf["volume"]["min_gain_db"], conf["volume"]["max_gain_db"]
+            gain_db = low + (high - low) * torch.rand(len(rows), device=device)
+            out[rows] = out[rows] * (10.0 ** (gain_db / 20.0))[:, None].to(out.dtype)
+        return out
 
-    def _pick_rir(self, rng) -> np.ndarray:
-        if self.rir_files:
-            return _load_clip(self.rir_files[int(rng.integers(len(self.rir_files)))], self.sample_rate)
-        return self.rir_bank[int(rng.integers(len(self.rir_bank)))]
+    @staticmethod
+    def _draw_rows(batch, prob, device) -> torch.Tensor:
+        chosen = torch.rand(batch, device=device) < prob
+        return chosen.nonzero().flatten()
 
-    def _make_noise(self, length, rng, babble_source):
-        if self.noise_files:
-            clip = _load_clip(self.noise_files[int(rng.integers(len(self.noise_files)))], self.sample_rate)
-            return fit_length(clip, length, rng)
-        names = [n for n in self.generated_noises if n != "babble" or babble_source is not None]
-        if not names:
-            return None
-        name = names[int(rng.integers(len(names)))]
-        return self.generated_noises[name](length, rng, babble_source, self.conf["noise"])
+    def _add_noise(self, out, dry, lengths, rows) -> torch.Tensor:
+        """The chosen rows of ``out`` mixed with noise at a random SNR; babble is made of ``dry``'s rows."""
+        device = out.device
+        size = out.shape[1]
+        conf = self.conf["noise"]
+        if self.noise_bank is not None:
+            bank = self.noise_bank.to(device)
+            picks = torch.randint(len(bank), (len(rows),), device=device)
+            noise = bank.crops(picks, size)
+        else:
+            kinds = [k for k in self.generated.values() if not k.needs_other_rows or len(dry) > 1]
+            if not kinds:
+                return out[rows]
+            noise = torch.zeros(len(rows), size, device=device)
+            choice = torch.randint(len(kinds), (len(rows),), device=device)
+            for index, kind in enumerate(kinds):
+                members = (choice == index).nonzero().flatten()
+                if len(members):
+                    noise[members] = kind(dry, lengths, rows[members], conf)
+        snr_db = conf["min_snr_db"] + (conf["max_snr_db"] - conf["min_snr_db"]) * torch.rand(
+            len(rows), device=device)
+        return mix_at_snr(out[rows], noise, lengths[rows], snr_db)
 
 
-def build_wave_augmentor(aug_conf_path, sample_rate: int = 16000, rir_cache_dir=None):
-    """The augmentor of ``aug_conf_path``; None when the path is null (no waveform augmentation)."""
+def build_wave_augmentation(aug_conf_path, sample_rate: int = 16000, rir_cache_dir=None) -> tuple:
+    """``(speed_perturb, wave_augment)`` of an augmentation file: the loader's part and the device's
+    part. A null path gives ``(None, None)``; ``wave_augment`` is None when reverberation, noise and
+    volume are all off."""
     if aug_conf_path is None:
-        return None
-    return WaveAugmentor.from_file(aug_conf_path, sample_rate, rir_cache_dir=rir_cache_dir)
+        return None, None
+    conf = load_augmentation_config(aug_conf_path)
+    wave = (WaveAugment(conf, sample_rate, where=str(aug_conf_path), rir_cache_dir=rir_cache_dir)
+            if any(conf[section]["prob"] > 0 for section in DEVICE_SECTIONS) else None)
+    return SpeedPerturb(conf, sample_rate), wave
 
 
 # ------------------------------------------------------------------ SpecAugment

@@ -144,7 +144,7 @@ def score_losses(model_dir, train_list=None, device="cpu", batch_size=None, max_
     if state.get("margin") is not None and callable(getattr(loss_fn, "update", None)):
         loss_fn.update(state["margin"])
 
-    dataset = SpeakerCropDataset(train_list, data_conf, augmentor=None, preload=False)
+    dataset = SpeakerCropDataset(train_list, data_conf, preload=False)
     if dataset.num_speakers != state["num_classes"]:
         raise ModelMismatchError(f"{train_list} has {dataset.num_speakers} speaker labels but the model in "
                                  f"{model_dir} was trained for {state['num_classes']} classes")

@@ -2,8 +2,8 @@
 
 An epoch visits every utterance ``ceil(duration / max_duration)`` times, each visit a random crop
 of at most ``max_duration``: a 15 s recording contributes as much audio as five 3 s clips. Crop
-offsets and augmentation are drawn from a generator seeded by (seed, epoch, utterance, visit), so
-the same epoch gives the same samples in any worker, on any DDP rank and after a resume.
+offsets and speed perturbation are drawn from a generator seeded by (seed, epoch, utterance, visit),
+so the same epoch gives the same samples in any worker, on any DDP rank and after a resume.
 
 The sampler runs in the main process and hands workers complete sample keys
 ``(utterance, visit, epoch)``: persistent workers hold stale copies of the dataset, so nothing a
@@ -66,19 +66,21 @@ def read_data_list(path) -> list:
 class SpeakerCropDataset(Dataset):
     """Random crops of the utterances in a training list, with labels and utterance indices.
 
-    ``dataset[i]`` -> ``(waveform float32 [N], label, utterance_index)``. ``utterances`` lists the
-    kept utterances (``TrainUtterance(path, label, duration)``); utterances shorter than
-    ``min_duration`` are left out (``num_too_short``), as are, when durations must be probed or
-    audio preloaded, unreadable files (``num_unreadable``). ``num_speakers`` is derived from the
+    ``dataset[i]`` -> ``(waveform float32 [N], label, utterance_index)``, speed-perturbed by
+    ``speed_perturb`` (``mvector.augment.SpeedPerturb``) when given; the rest of the waveform
+    augmentation runs on the training device, batched. ``utterances`` lists the kept utterances
+    (``TrainUtterance(path, label, duration)``); utterances shorter than ``min_duration`` are left
+    out (``num_too_short``), as are, when durations must be probed or audio preloaded, unreadable
+    files (``num_unreadable``). ``num_speakers`` is derived from the
     list's labels (times the speed classes with ``speed_perturb_as_classes``).
     ``preload`` (None: ``dataset_conf['preload']``) decodes every file once into memory, as int16
     (half the memory) or float32 (``preload_dtype``).
     """
 
-    def __init__(self, list_path, dataset_conf: dict, augmentor=None, preload=None, seed: int = 0,
+    def __init__(self, list_path, dataset_conf: dict, speed_perturb=None, preload=None, seed: int = 0,
                  preload_dtype: str = "int16", num_threads: int | None = None):
         self.list_path = str(list_path)
-        self.augmentor = augmentor
+        self.speed_perturb = speed_perturb
         self.seed = int(seed) % (1 << 64)
         self.sample_rate = int(dataset_conf["sample_rate"])
         self.min_duration = float(dataset_conf["min_duration"])
@@ -99,7 +101,7 @@ class SpeakerCropDataset(Dataset):
         if not entries:
             raise ConfigError(f"data list {list_path} has no entries")
         self.num_base_speakers = max(label for _, label, _ in entries) + 1
-        speed_classes = augmentor.num_speed_classes if augmentor is not None else 1 + len(DEFAULT_SPEEDS)
+        speed_classes = speed_perturb.num_speed_classes if speed_perturb is not None else 1 + len(DEFAULT_SPEEDS)
         self.num_speakers = self.num_base_speakers * (speed_classes if self.speed_as_classes else 1)
 
         entries, self.num_unreadable = self._complete_durations(entries)
@@ -201,10 +203,9 @@ class SpeakerCropDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, utterance, visit])
         wav = self._crop(utterance, visit, rng)
         label = self.utterances[utterance].label
-        if self.augmentor is not None:
-            wav, label = self.augmentor(wav, label, rng,
-                                        num_base_speakers=self.num_base_speakers if self.speed_as_classes else None,
-                                        babble_source=self._babble)
+        if self.speed_perturb is not None:
+            wav, label = self.speed_perturb(wav, label, rng,
+                                            num_base_speakers=self.num_base_speakers if self.speed_as_classes else None)
             # A slowed-down crop grows past max_duration; keep batches within the configured size.
             wav = wav[:self.max_samples]
         return wav, label, utterance
@@ -234,11 +235,6 @@ class SpeakerCropDataset(Dataset):
         visits = int(self.visits[utterance])
         start = min(slack, int((visit + rng.random()) / visits * (slack + 1)))
         return np.array(wav[start:start + length], dtype=np.float32)
-
-    def _babble(self, count: int, rng: np.random.Generator) -> list:
-        """``count`` random crops of other training utterances, for babble noise."""
-        picks = rng.integers(len(self.utterances), size=count)
-        return [self._crop(int(u), int(rng.integers(self.visits[u])), rng) for u in picks]
 
 
 def _db_gain(wav: np.ndarray, target_db: float) -> float:

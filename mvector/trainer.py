@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mvector.augment import SpecAugment, build_wave_augmentor
+from mvector.augment import SpecAugment, build_wave_augmentation
 from mvector.config import apply_overrides, config_from_dict, load_config
 from mvector.curation import check_curation_conf, curated_exclusions
 from mvector.data import SpeakerCropDataset, build_train_loader
@@ -45,13 +45,14 @@ TRACE_ENV = "MVECTOR_TRACE_BATCHES"
 
 
 class TrainGraph(nn.Module):
-    """Features -> SpecAugment -> backbone -> head -> loss as one module.
+    """Waveform augmentation -> features -> SpecAugment -> backbone -> head -> loss as one module.
 
     The loss is inside so that DDP also synchronises the gradients of a loss's own parameters.
     """
 
-    def __init__(self, featurizer, spec_augment, backbone, classifier, loss):
+    def __init__(self, wave_augment, featurizer, spec_augment, backbone, classifier, loss):
         super().__init__()
+        self.wave_augment = wave_augment
         self.featurizer = featurizer
         self.spec_augment = spec_augment
         self.backbone = backbone
@@ -59,6 +60,8 @@ class TrainGraph(nn.Module):
         self.loss = loss
 
     def forward(self, waveforms, lengths, labels):
+        if self.wave_augment is not None and self.training:
+            waveforms = self.wave_augment(waveforms, lengths)
         features, frame_lengths = self.featurizer(waveforms, lengths)
         if self.spec_augment is not None and self.training:
             features = self.spec_augment(features, frame_lengths)
@@ -190,8 +193,9 @@ class MVectorTrainer:
         seed = train_conf["seed"]
         # The same seed on every rank gives every rank the same initial weights.
         seed_everything(seed)
-        augmentor = build_wave_augmentor(dataset_conf["aug_conf_path"], dataset_conf["sample_rate"])
-        self.dataset = SpeakerCropDataset(train_list, dataset_conf, augmentor=augmentor, seed=seed)
+        speed_perturb, self.wave_augment = build_wave_augmentation(dataset_conf["aug_conf_path"],
+                                                                   dataset_conf["sample_rate"])
+        self.dataset = SpeakerCropDataset(train_list, dataset_conf, speed_perturb=speed_perturb, seed=seed)
         self.num_classes = self.dataset.num_speakers
         self.loader = build_train_loader(self.dataset, dataset_conf["batch_size"], dataset_conf["num_workers"],
                                          seed=seed, distributed=self.ctx.is_distributed, drop_last=True)
@@ -208,7 +212,8 @@ class MVectorTrainer:
         self.loss = build_loss(conf["loss_conf"]["loss"], **conf["loss_conf"]["loss_args"])
         check_pairing(self.loss, self.classifier, conf)
         spec_augment = SpecAugment.from_config(dataset_conf["aug_conf_path"])
-        self.graph = TrainGraph(self.featurizer, spec_augment, self.backbone, self.classifier, self.loss).to(self.device)
+        self.graph = TrainGraph(self.wave_augment, self.featurizer, spec_augment, self.backbone, self.classifier,
+                                self.loss).to(self.device)
         # The parts of model.pth; a loss part only for losses with tensors of their own (SphereFace2's bias).
         self.parts = {"backbone": self.backbone, "classifier": self.classifier}
         if self.loss.state_dict():

@@ -1,4 +1,5 @@
-"""mvector/augment.py: each waveform augmentation against its formula, the RIR cache, SpecAugment, config errors."""
+"""mvector/augment.py: each waveform augmentation against its formula (batched, with padding), the RIR cache,
+SpecAugment, config errors."""
 import math
 
 import numpy as np
@@ -8,9 +9,9 @@ import torch
 import yaml
 from scipy.signal import welch
 
-from mvector import augment
-from mvector.augment import (SpecAugment, WaveAugmentor, build_wave_augmentor, change_speed, coloured_noise,
-                             load_augmentation_config, load_rir_bank, mix_at_snr, reverberate,
+from mvector import augment as augment_module
+from mvector.augment import (SpecAugment, SpeedPerturb, WaveAugment, build_wave_augmentation, change_speed,
+                             coloured_noise, load_augmentation_config, load_rir_bank, mix_at_snr, reverberate,
                              validate_augmentation_config)
 from mvector.errors import ConfigError
 
@@ -58,86 +59,131 @@ def test_speed_changes_length_and_pitch(factor):
 
 
 def test_speed_perturbation_as_classes():
-    augmentor = WaveAugmentor(only("speed", speeds=[0.9, 1.1]), SR)
+    perturb = SpeedPerturb(only("speed", speeds=[0.9, 1.1]), SR)
     wav = speech()
     seen = set()
     for seed in range(12):
-        out, label = augmentor(wav, 5, np.random.default_rng(seed), num_base_speakers=100)
+        out, label = perturb(wav, 5, np.random.default_rng(seed), num_base_speakers=100)
         factor = {105: 0.9, 205: 1.1}[label]
         assert len(out) == math.ceil(len(wav) / factor)
         seen.add(label)
-        _, plain_label = augmentor(wav, 5, np.random.default_rng(seed))
+        _, plain_label = perturb(wav, 5, np.random.default_rng(seed))
         assert plain_label == 5
     assert seen == {105, 205}
-    assert augmentor.num_speed_classes == 3
+    assert perturb.num_speed_classes == 3
+
+
+def batch_of(*waves):
+    """A zero-padded batch ``[B, N]`` (torch) and its lengths."""
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for row, wav in enumerate(waves):
+        batch[row, :len(wav)] = torch.from_numpy(np.asarray(wav, dtype=np.float32))
+    return batch, lengths
+
+
+def augment(conf, waveforms, lengths, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return WaveAugment(conf, SR, **kwargs).train()(waveforms, lengths)
+
+
+def test_build_splits_loader_and_device_parts(tmp_path):
+    speed, wave = build_wave_augmentation("configs/augmentation.yml", SR, rir_cache_dir=tmp_path / "rirs")
+    assert isinstance(speed, SpeedPerturb) and isinstance(wave, WaveAugment)
+    path = tmp_path / "aug.yml"
+    path.write_text(yaml.safe_dump({section: {"prob": 0} for section in ("volume", "noise", "reverb")}))
+    speed, wave = build_wave_augmentation(path, SR)
+    assert speed.prob == 0.5 and wave is None  # nothing left for the device
+    assert build_wave_augmentation(None) == (None, None)
 
 
 def test_volume_gain_in_range():
-    augmentor = WaveAugmentor(only("volume", min_gain_db=-6, max_gain_db=3), SR)
     wav = speech()
-    gains = [20 * math.log10(rms(augmentor(wav, 0, np.random.default_rng(s))[0]) / rms(wav)) for s in range(20)]
+    waveforms, lengths = batch_of(*[wav] * 20)
+    out = augment(only("volume", min_gain_db=-6, max_gain_db=3), waveforms, lengths).numpy()
+    gains = [20 * math.log10(rms(row) / rms(wav)) for row in out]
     assert all(-6 - 1e-4 <= g <= 3 + 1e-4 for g in gains) and max(gains) - min(gains) > 3
 
 
-def test_mix_at_snr_formula():
+def test_mix_at_snr_formula_over_valid_samples():
     wav, noise = speech(), np.random.default_rng(1).standard_normal(SR).astype(np.float32)
-    for snr in (0.0, 7.5, 20.0):
-        mixed = mix_at_snr(wav, noise, snr)
-        assert 10 * math.log10(rms(wav) ** 2 / rms(mixed - wav) ** 2) == pytest.approx(snr, abs=0.05)
+    short = wav[:SR // 2]
+    speech_batch, lengths = batch_of(wav, short, np.zeros(SR // 4, np.float32))
+    noise_batch = torch.from_numpy(np.stack([noise] * 3))
+    mixed = mix_at_snr(speech_batch, noise_batch, lengths, torch.tensor([0.0, 7.5, 20.0])).numpy()
+    for row, (clean, snr) in enumerate([(wav, 0.0), (short, 7.5)]):
+        added = mixed[row, :len(clean)] - clean
+        assert 10 * math.log10(rms(clean) ** 2 / rms(added) ** 2) == pytest.approx(snr, abs=0.05)
+    assert not mixed[1, len(short):].any()  # padding stays zero
+    assert not mixed[2].any()  # silent speech is left alone
 
 
 @pytest.mark.parametrize("kind", ["white", "pink", "brown", "babble"])
 def test_generated_noise_reaches_snr(kind):
-    augmentor = WaveAugmentor(only("noise", generated=[kind], min_snr_db=8, max_snr_db=12), SR)
-    wav = speech()
-    others = [speech(0.4, seed=s) for s in range(10)]
-    requested = []
-
-    def babble_source(count, rng):
-        requested.append(count)
-        return others[:count]
-
-    for seed in range(4):
-        out, label = augmentor(wav, 3, np.random.default_rng(seed), babble_source=babble_source)
-        snr = 10 * math.log10(rms(wav) ** 2 / rms(out - wav) ** 2)
-        assert 8 - 0.5 <= snr <= 12 + 0.5 and label == 3 and len(out) == len(wav)
-    if kind == "babble":
-        assert requested and all(3 <= n <= 7 for n in requested)
+    waves = [speech(seed=s) for s in range(4)] + [speech(0.4, seed=9)]
+    waveforms, lengths = batch_of(*waves)
+    out = augment(only("noise", generated=[kind], min_snr_db=8, max_snr_db=12), waveforms, lengths).numpy()
+    for row, wav in enumerate(waves):
+        added = out[row, :len(wav)] - wav
+        snr = 10 * math.log10(rms(wav) ** 2 / rms(added) ** 2)
+        assert 8 - 0.5 <= snr <= 12 + 0.5
+        assert not out[row, len(wav):].any()
 
 
-def test_babble_needs_a_source():
-    augmentor = WaveAugmentor(only("noise", generated=["babble"]), SR)
-    wav = speech()
-    out, _ = augmentor(wav, 0, np.random.default_rng(0))
-    np.testing.assert_array_equal(out, wav)
+def test_babble_is_made_of_other_rows():
+    tones = [(0.3 * np.sin(2 * np.pi * hz * np.arange(SR) / SR)).astype(np.float32) for hz in (300, 1000, 2500)]
+    waveforms, lengths = batch_of(*tones)
+    conf = only("noise", generated=["babble"], min_babble_speakers=1, max_babble_speakers=1, min_snr_db=0,
+                max_snr_db=0)
+    out = augment(conf, waveforms, lengths).numpy()
+    for row, tone in enumerate(tones):
+        spectrum = np.abs(np.fft.rfft(out[row] - tone))
+        freqs = np.fft.rfftfreq(SR, 1 / SR)
+        strongest = freqs[np.argmax(spectrum)]
+        others = [hz for i, hz in enumerate((300, 1000, 2500)) if i != row]
+        assert min(abs(strongest - hz) for hz in others) < 2  # another row's voice, never its own
+
+
+def test_babble_needs_another_row():
+    waveforms, lengths = batch_of(speech())
+    out = augment(only("noise", generated=["babble"]), waveforms, lengths)
+    assert torch.equal(out, waveforms)
 
 
 @pytest.mark.parametrize("kind,exponent", [("white", 0.0), ("pink", 1.0), ("brown", 2.0)])
 def test_coloured_noise_spectral_slope(kind, exponent):
-    noise = coloured_noise(4 * SR, exponent, np.random.default_rng(0))
-    assert rms(noise) == pytest.approx(1.0, rel=1e-4)
-    freqs, power = welch(noise, fs=SR, nperseg=4096)
-    band = (freqs > 100) & (freqs < 4000)
-    slope = np.polyfit(np.log10(freqs[band]), np.log10(power[band]), 1)[0]
-    assert slope == pytest.approx(-exponent, abs=0.15)
+    torch.manual_seed(0)
+    noise = coloured_noise(2, 4 * SR, torch.full((2,), exponent)).numpy()
+    for row in noise:
+        assert rms(row) == pytest.approx(1.0, rel=1e-4)
+        freqs, power = welch(row, fs=SR, nperseg=4096)
+        band = (freqs > 100) & (freqs < 4000)
+        slope = np.polyfit(np.log10(freqs[band]), np.log10(power[band]), 1)[0]
+        assert slope == pytest.approx(-exponent, abs=0.15)
 
 
 def test_noise_dir_files_are_mixed_in(tmp_path):
     hum = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(SR // 4) / SR)).astype(np.float32)
     sf.write(tmp_path / "hum.wav", hum, SR)
-    augmentor = WaveAugmentor(only("noise", noise_dir=str(tmp_path), min_snr_db=0, max_snr_db=0), SR)
+    sf.write(tmp_path / "silence.wav", np.zeros(SR // 4, np.float32), SR)
     wav = speech()
-    out, _ = augmentor(wav, 0, np.random.default_rng(0))
-    added = out - wav
+    waveforms, lengths = batch_of(wav, wav[:SR // 3])
+    out = augment(only("noise", noise_dir=str(tmp_path), min_snr_db=0, max_snr_db=0), waveforms, lengths).numpy()
+    added = out[0] - wav
     assert peak_hz(added) == pytest.approx(1000, abs=2)  # the hum, looped to the speech's length
     assert 10 * math.log10(rms(wav) ** 2 / rms(added) ** 2) == pytest.approx(0, abs=0.5)
+    assert not out[1, SR // 3:].any()
 
 
 def test_missing_or_empty_folders_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="noise.noise_dir"):
-        WaveAugmentor(only("noise", noise_dir=str(tmp_path / "absent")), SR)
+        WaveAugment(only("noise", noise_dir=str(tmp_path / "absent")), SR)
     with pytest.raises(ConfigError, match="reverb.rir_dir.*no audio files"):
-        WaveAugmentor(only("reverb", rir_dir=str(tmp_path)), SR)
+        WaveAugment(only("reverb", rir_dir=str(tmp_path)), SR)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    sf.write(tmp_path / "silence.wav", np.zeros(800, np.float32), SR)
+    with pytest.raises(ConfigError, match="reverb.rir_dir.*no readable, non-silent audio"):
+        WaveAugment(only("reverb", rir_dir=str(tmp_path)), SR)
 
 
 def test_reverberate_keeps_alignment_and_level():
@@ -149,14 +195,20 @@ def test_reverberate_keeps_alignment_and_level():
 
 
 def assert_aligned(rir):
-    """Broadband input: the cross-correlation of output and input peaks at lag 0 (direct path)."""
+    """Broadband input: the cross-correlation of output and input peaks at lag 0 (direct path),
+    in a full row and in a shorter, padded one."""
     wav = np.random.default_rng(5).standard_normal(SR).astype(np.float32)
-    wet = reverberate(wav, rir)
-    assert len(wet) == len(wav) and np.isfinite(wet).all()
-    assert rms(wet) == pytest.approx(rms(wav), rel=1e-4)
-    lags = np.arange(-100, 101)
-    xcorr = [np.dot(wet[100:-100], wav[100 + lag:len(wav) - 100 + lag]) for lag in lags]
-    assert lags[int(np.argmax(xcorr))] == 0
+    short = wav[:SR // 2]
+    waveforms, lengths = batch_of(wav, short)
+    rirs = torch.from_numpy(np.stack([rir, rir]))
+    out = reverberate(waveforms, lengths, rirs).numpy()
+    assert np.isfinite(out).all() and not out[1, len(short):].any()
+    for row, dry in enumerate((wav, short)):
+        wet = out[row, :len(dry)]
+        assert rms(wet) == pytest.approx(rms(dry), rel=1e-4)
+        lags = np.arange(-100, 101)
+        xcorr = [np.dot(wet[100:-100], dry[100 + lag:len(dry) - 100 + lag]) for lag in lags]
+        assert lags[int(np.argmax(xcorr))] == 0
 
 
 def test_rir_bank_simulated_once_then_cached(tmp_path, monkeypatch):
@@ -173,27 +225,45 @@ def test_rir_bank_simulated_once_then_cached(tmp_path, monkeypatch):
     def no_simulation(*args, **kwargs):
         raise AssertionError("the cached bank should have been reused")
 
-    monkeypatch.setattr(augment, "simulate_rir_bank", no_simulation)
+    monkeypatch.setattr(augment_module, "simulate_rir_bank", no_simulation)
     cached = load_rir_bank(SR, count=3, cache_dir=tmp_path)
     for a, b in zip(bank, cached):
         np.testing.assert_array_equal(a, b)
 
-    augmentor = WaveAugmentor(only("reverb", num_simulated_rirs=3), SR, rir_cache_dir=tmp_path)
     wav = speech()
-    out, _ = augmentor(wav, 0, np.random.default_rng(0))
-    assert len(out) == len(wav) and np.isfinite(out).all() and not np.allclose(out, wav)
-    assert rms(out) == pytest.approx(rms(wav), rel=1e-3)
+    waveforms, lengths = batch_of(wav, wav[:SR // 2])
+    out = augment(only("reverb", num_simulated_rirs=3), waveforms, lengths, rir_cache_dir=tmp_path).numpy()
+    assert np.isfinite(out).all() and not np.allclose(out[0], wav) and not out[1, SR // 2:].any()
+    assert rms(out[0]) == pytest.approx(rms(wav), rel=1e-3)
 
 
 def test_rir_dir_is_used(tmp_path):
     rir = np.zeros(800, dtype=np.float32)
     rir[0], rir[400] = 1.0, 0.9  # a strong echo 25 ms later
     sf.write(tmp_path / "echo.wav", rir, SR, subtype="FLOAT")
-    augmentor = WaveAugmentor(only("reverb", rir_dir=str(tmp_path)), SR)
     wav = np.zeros(SR, dtype=np.float32)
     wav[1000] = 1.0
-    out, _ = augmentor(wav, 0, np.random.default_rng(0))
+    waveforms, lengths = batch_of(wav)
+    out = augment(only("reverb", rir_dir=str(tmp_path)), waveforms, lengths)[0].numpy()
     assert np.argmax(out) == 1000 and out[1400] == pytest.approx(0.9 * out[1000], rel=1e-3)
+
+
+def test_wave_augment_draws_from_the_torch_rng_and_is_off_in_eval():
+    conf = validate_augmentation_config({"noise": {"prob": 0.5, "generated": ["white", "babble"]},
+                                         "volume": {"prob": 0.5}, "reverb": {"prob": 0}})
+    waveforms, lengths = batch_of(*[speech(seed=s) for s in range(8)])
+    first, again = augment(conf, waveforms, lengths, seed=3), augment(conf, waveforms, lengths, seed=3)
+    assert torch.equal(first, again) and not torch.equal(first, augment(conf, waveforms, lengths, seed=4))
+    assert not torch.equal(first, waveforms)
+    assert torch.equal(WaveAugment(conf, SR).eval()(waveforms, lengths), waveforms)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_wave_augment_runs_on_cuda(tmp_path):
+    waveforms, lengths = batch_of(*[speech(seed=s) for s in range(4)])
+    module = WaveAugment(load_augmentation_config("configs/augmentation.yml"), SR, rir_cache_dir=tmp_path).train()
+    out = module(waveforms.cuda(), lengths.cuda())
+    assert out.is_cuda and out.shape == waveforms.shape and torch.isfinite(out).all()
 
 
 def test_bad_keys_and_values_name_key_and_file(tmp_path):
@@ -203,13 +273,13 @@ def test_bad_keys_and_values_name_key_and_file(tmp_path):
         load_augmentation_config(path)
     path.write_text(yaml.safe_dump({"speed": {"prob": 1.5}}))
     with pytest.raises(ConfigError, match=r"aug.yml.*speed.prob"):
-        build_wave_augmentor(path)
+        build_wave_augmentation(path)
     path.write_text(yaml.safe_dump({"noise": {"generated": ["violet"]}}))
     with pytest.raises(ConfigError, match="noise.generated"):
         load_augmentation_config(path)
     with pytest.raises(ConfigError, match="not found"):
         load_augmentation_config(tmp_path / "absent.yml")
-    assert build_wave_augmentor(None) is None and SpecAugment.from_config(None) is None
+    assert SpecAugment.from_config(None) is None
 
 
 def test_spec_augment_masks_only_valid_frames():

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mvector.augment import WaveAugmentor, validate_augmentation_config
+from mvector.augment import SpeedPerturb, validate_augmentation_config
 from mvector.config import SCHEMA, validate
 from mvector.data import (CropSampler, SpeakerCropDataset, build_train_loader, collate_waveforms,
                           read_data_list)
@@ -119,8 +119,8 @@ def test_set_excluded(train_list):
 def test_speed_perturbation_as_classes(train_list):
     conf = validate_augmentation_config({"speed": {"prob": 1.0, "speeds": [0.9, 1.1]}, "volume": {"prob": 0},
                                          "noise": {"prob": 0}, "reverb": {"prob": 0}})
-    augmentor = WaveAugmentor(conf, SR)
-    ds = SpeakerCropDataset(train_list, dataset_conf(speed_perturb_as_classes=True), augmentor=augmentor, seed=0)
+    perturb = SpeedPerturb(conf, SR)
+    ds = SpeakerCropDataset(train_list, dataset_conf(speed_perturb_as_classes=True), speed_perturb=perturb, seed=0)
     assert ds.num_speakers == 9
     plain = SpeakerCropDataset(train_list, dataset_conf(), seed=0)
     labels = set()
@@ -138,7 +138,7 @@ def test_speed_perturbation_as_classes(train_list):
             labels.add(label)
     assert labels & {3, 4, 5} and labels & {6, 7, 8}
     # Without speed_perturb_as_classes the same perturbation keeps the labels.
-    same = SpeakerCropDataset(train_list, dataset_conf(), augmentor=augmentor, seed=0)
+    same = SpeakerCropDataset(train_list, dataset_conf(), speed_perturb=perturb, seed=0)
     assert same.num_speakers == 3 and all(same[i][1] < 3 for i in range(len(same)))
 
 
