@@ -142,6 +142,46 @@ def load_embedder(path, device="cpu"):
     return embedder.to(device).eval(), config, state
 
 
+# model.state entries that describe one checkpoint's training position or scores, not an average.
+CHECKPOINT_ONLY_STATE = ("epoch_step", "eer", "min_dcf", "min_dcf_05", "threshold", "lr")
+
+
+def average_model_dirs(paths) -> tuple:
+    """``(config, weights, state)``: the element-wise mean of several checkpoints of one model.
+
+    Averaging the last epochs of a run (as WeSpeaker's recipes do) lands in a flatter part of the
+    loss surface than any single one of them. Every directory must hold the same model and
+    front-end (``model_conf`` and ``preprocess_conf``) and the same tensors, otherwise a
+    ModelMismatchError names the first that differs. Floating tensors are averaged in float64 and
+    stored float32; integer ones (BatchNorm's batch counters) come from the last directory, as do
+    the config and state (its per-checkpoint scores dropped, ``averaged_from`` added).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ConfigError("average_model_dirs: no model directory given")
+    config, weights, state = read_model_dir(paths[-1])
+    sums = {k: v.double() if v.is_floating_point() else v for k, v in weights.items()}
+    for path in paths[:-1]:
+        other_config, other, _ = read_model_dir(path)
+        for section in ("model_conf", "preprocess_conf"):
+            if other_config[section] != config[section]:
+                raise ModelMismatchError(f"{path}: its {section} differs from {paths[-1]}'s; only checkpoints "
+                                         f"of one model can be averaged")
+        if other.keys() != weights.keys():
+            differ = sorted(other.keys() ^ weights.keys())
+            raise ModelMismatchError(f"{path}: holds other tensors than {paths[-1]} (e.g. {differ[0]})")
+        for key, value in other.items():
+            if value.shape != weights[key].shape:
+                raise ModelMismatchError(f"{path}: {key} has shape {tuple(value.shape)}, "
+                                         f"{tuple(weights[key].shape)} in {paths[-1]}")
+            if value.is_floating_point():
+                sums[key] += value.double()
+    averaged = {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in sums.items()}
+    state = {k: v for k, v in state.items() if k not in CHECKPOINT_ONLY_STATE}
+    state["averaged_from"] = [str(p) for p in paths]
+    return config, averaged, state
+
+
 def model_fingerprint(path) -> str:
     """A short hash of a model's weights and front-end: embeddings of different fingerprints differ."""
     path = Path(path)

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from mvector.config import load_config
 from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError
-from mvector.model_dir import load_embedder, read_model_dir, save_model_dir
+from mvector.model_dir import average_model_dirs, load_embedder, read_model_dir, save_model_dir
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tdnn.yml")
 
@@ -81,3 +83,41 @@ def test_saving_over_an_existing_directory_replaces_it_whole(tmp_path):
     save_tiny(tmp_path / "m")
     assert not (tmp_path / "m" / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_averaging_checkpoints_gives_the_elementwise_mean(tmp_path):
+    torch.manual_seed(0)
+    first, second = save_tiny(tmp_path / "a"), save_tiny(tmp_path / "b")
+    config, weights, state = average_model_dirs([tmp_path / "a", tmp_path / "b"])
+    own_a, own_b = first.backbone.state_dict(), second.backbone.state_dict()
+    for key, value in own_a.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(weights[f"backbone.{key}"], (value + own_b[key]) / 2)
+        else:
+            assert torch.equal(weights[f"backbone.{key}"], own_b[key])
+    assert state["averaged_from"] == [str(tmp_path / "a"), str(tmp_path / "b")] and "threshold" not in state
+    save_model_dir(tmp_path / "avg", weights, config, state)
+    load_embedder(tmp_path / "avg")  # a model directory like any other
+
+
+def test_averaging_refuses_checkpoints_of_different_models(tmp_path):
+    save_tiny(tmp_path / "a")
+    save_tiny(tmp_path / "wide", tiny_config(**{"model_conf.model_args.embd_dim": 64}))
+    with pytest.raises(ModelMismatchError, match="wide.*model_conf differs"):
+        average_model_dirs([tmp_path / "wide", tmp_path / "a"])
+    with pytest.raises(ConfigError, match="not a model directory"):
+        average_model_dirs([tmp_path / "a", tmp_path / "absent"])
+    with pytest.raises(ConfigError, match="no model directory"):
+        average_model_dirs([])
+
+
+def test_average_model_script(tmp_path):
+    save_tiny(tmp_path / "a")
+    save_tiny(tmp_path / "b")
+    script = os.path.join(os.path.dirname(__file__), "..", "average_model.py")
+    done = subprocess.run([sys.executable, script, "--model_dirs", str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--out_dir", str(tmp_path / "avg")], capture_output=True, text=True)
+    assert done.returncode == 0 and (tmp_path / "avg" / "model.pth").is_file()
+    done = subprocess.run([sys.executable, script, "--model_dirs", str(tmp_path / "absent"),
+                           "--out_dir", str(tmp_path / "x")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr

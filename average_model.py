@@ -1,0 +1,26 @@
+"""Average several checkpoints of one training run into a new model directory.
+
+    python average_model.py --model_dirs models/EcapaTdnn_Fbank/epoch_{12..16} --out_dir models/EcapaTdnn_Fbank/avg_12-16
+    python eval.py --model_dir models/EcapaTdnn_Fbank/avg_12-16
+
+The weights are the element-wise mean (the last epochs of a run average to a better model than any
+one of them, as in WeSpeaker's recipes); every directory must hold the same model and front-end.
+The result carries the config of the last directory and is a model directory like any other
+(evaluate, export or ship it), but not a training checkpoint: it cannot be resumed.
+"""
+import argparse
+import sys
+
+from mvector.cli import average, run_cli
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dirs", nargs="+", required=True, help="model directories to average")
+    parser.add_argument("--out_dir", required=True, help="where to write the averaged model directory")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    sys.exit(run_cli(average, args.model_dirs, args.out_dir))
