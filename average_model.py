@@ -5,8 +5,10 @@
 
 The weights are the element-wise mean (the last epochs of a run average to a better model than any
 one of them, as in WeSpeaker's recipes); every directory must hold the same model and front-end.
-The result carries the config of the last directory and is a model directory like any other
-(evaluate, export or ship it), but not a training checkpoint: it cannot be resumed.
+``--backbone_only`` averages the embedding backbones alone, e.g. a fine-tuned model with the one
+it started from when their classifier heads differ (a "model soup"). The result carries the
+config of the last directory and is a model directory like any other (evaluate, export or ship
+it), but not a training checkpoint: it cannot be resumed.
 """
 import argparse
 import sys
@@ -18,9 +20,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dirs", nargs="+", required=True, help="model directories to average")
     parser.add_argument("--out_dir", required=True, help="where to write the averaged model directory")
+    parser.add_argument("--backbone_only", action="store_true",
+                        help="average only the embedding backbones (checkpoints with different heads)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
-    sys.exit(run_cli(average, args.model_dirs, args.out_dir))
+    sys.exit(run_cli(average, args.model_dirs, args.out_dir, args.backbone_only))

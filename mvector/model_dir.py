@@ -146,23 +146,33 @@ def load_embedder(path, device="cpu"):
 CHECKPOINT_ONLY_STATE = ("epoch_step", "eer", "min_dcf", "min_dcf_05", "threshold", "lr")
 
 
-def average_model_dirs(paths) -> tuple:
+def average_model_dirs(paths, backbone_only: bool = False) -> tuple:
     """``(config, weights, state)``: the element-wise mean of several checkpoints of one model.
 
     Averaging the last epochs of a run (as WeSpeaker's recipes do) lands in a flatter part of the
-    loss surface than any single one of them. Every directory must hold the same model and
+    loss surface than any single one of them; averaging fine-tuned models with the model they
+    started from (a "model soup") often beats both. Every directory must hold the same model and
     front-end (``model_conf`` and ``preprocess_conf``) and the same tensors, otherwise a
-    ModelMismatchError names the first that differs. Floating tensors are averaged in float64 and
-    stored float32; integer ones (BatchNorm's batch counters) come from the last directory, as do
-    the config and state (its per-checkpoint scores dropped, ``averaged_from`` added).
+    ModelMismatchError names the first that differs; ``backbone_only`` keeps and compares only the
+    embedding backbone's tensors (stages trained with different heads, or a packaged model without
+    one). Floating tensors are averaged in float64 and stored float32; integer ones (BatchNorm's
+    batch counters) come from the last directory, as do the config and state (its per-checkpoint
+    scores dropped, ``averaged_from`` added).
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise ConfigError("average_model_dirs: no model directory given")
-    config, weights, state = read_model_dir(paths[-1])
+
+    def read(path):
+        config, weights, state = read_model_dir(path)
+        if backbone_only:
+            weights = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+        return config, weights, state
+
+    config, weights, state = read(paths[-1])
     sums = {k: v.double() if v.is_floating_point() else v for k, v in weights.items()}
     for path in paths[:-1]:
-        other_config, other, _ = read_model_dir(path)
+        other_config, other, _ = read(path)
         for section in ("model_conf", "preprocess_conf"):
             if other_config[section] != config[section]:
                 raise ModelMismatchError(f"{path}: its {section} differs from {paths[-1]}'s; only checkpoints "

@@ -111,6 +111,21 @@ def test_averaging_refuses_checkpoints_of_different_models(tmp_path):
         average_model_dirs([])
 
 
+def test_averaging_backbones_of_models_with_different_heads(tmp_path):
+    config = tiny_config()
+    embedder = save_tiny(tmp_path / "packaged", config)
+    trained = {f"backbone.{k}": v * 3 for k, v in embedder.backbone.state_dict().items()}
+    trained["classifier.weight"] = torch.randn(10, 32)
+    save_model_dir(tmp_path / "fine_tuned", trained, config, {})
+    with pytest.raises(ModelMismatchError, match="other tensors.*classifier.weight"):
+        average_model_dirs([tmp_path / "packaged", tmp_path / "fine_tuned"])
+    _, weights, _ = average_model_dirs([tmp_path / "packaged", tmp_path / "fine_tuned"], backbone_only=True)
+    assert set(weights) == {k for k in trained if k.startswith("backbone.")}
+    for key, value in embedder.backbone.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(weights[f"backbone.{key}"], value * 2)
+
+
 def test_average_model_script(tmp_path):
     save_tiny(tmp_path / "a")
     save_tiny(tmp_path / "b")
