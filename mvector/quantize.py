@@ -28,10 +28,13 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wm
 # Calibration utterances are cropped to this: ranges settle within seconds, and the cost grows with length.
 MAX_SECONDS = 6.0
 MIN_FILES = 4
+# Calibration files by default: on the default model 64 training files moved dev EER by 0.11 points
+# (4.43 % -> 4.54 %), 192 by 0.07 (the whole export then takes about 20 s on the 2-core CPU).
+CALIBRATION_FILES = 192
 POOLING_WEIGHTS = "backbone.pooling."
 
 
-def calibration_files(source, max_files: int = 64) -> list:
+def calibration_files(source, max_files: int = CALIBRATION_FILES) -> list:
     """Audio paths from a folder (searched recursively) or a list ``path<TAB>label`` (paths relative
     to the list's folder), at most ``max_files`` spread evenly over it."""
     source = Path(source)
@@ -90,7 +93,7 @@ def _import_quantization():
     return onnx, quantization, quant_pre_process
 
 
-def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = 64) -> tuple:
+def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = CALIBRATION_FILES) -> tuple:
     """Write the int8 graph of ``model_dir/model.onnx`` (``mvector.export``) to ``out_path`` (default
     ``model_dir/model.int8.onnx``), calibrated on up to ``max_files`` of ``calibration`` (a folder or
     list of speech); a quarter of them (at least two) are held out for the cosine check.
