@@ -10,7 +10,6 @@ import re
 import reprlib
 import sys
 
-import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -353,7 +352,19 @@ def _decode_file(handle, name: str) -> tuple[np.ndarray, int]:
         return _mix_to_mono(wav, channel_axis=1), sound.samplerate
 
 
+def _pyav(name: str, sf_error: Exception):
+    """PyAV, imported on first use: only formats libsndfile cannot read need it, and a machine that
+    reads WAV, FLAC, Ogg or Opus alone (a GPU training image) can run without it."""
+    try:
+        import av
+    except ImportError:
+        raise AudioError(f"{name}: not a format soundfile reads ({sf_error}), and PyAV, which reads the "
+                         f"others through FFmpeg, is not installed (pip install av)") from None
+    return av
+
+
 def _decode_with_av(handle, name: str, sf_error: Exception) -> tuple[np.ndarray, int]:
+    av = _pyav(name, sf_error)
     try:
         with av.open(handle, mode="r") as container:
             stream = _audio_stream(container, name)
@@ -374,6 +385,7 @@ def _decode_with_av(handle, name: str, sf_error: Exception) -> tuple[np.ndarray,
 
 
 def _av_duration(handle, start: int | None, name: str, sf_error: Exception) -> float:
+    av = _pyav(name, sf_error)
     try:
         with av.open(handle, mode="r") as container:
             stream = _audio_stream(container, name)

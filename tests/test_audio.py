@@ -4,6 +4,7 @@ formulas, real Opus/FLAC data, and every kind of bad input raising AudioError th
 import io
 import math
 import re
+import sys
 from pathlib import Path
 
 import av
@@ -246,6 +247,23 @@ def test_compressed_formats_written_with_av(tmp_path, filename, container_format
     assert rms_db(wav) == pytest.approx(rms_db(sine(440, 16000, 1.0)), abs=1.0)
     assert audio_duration(path) == pytest.approx(seconds, abs=0.15)
     np.testing.assert_allclose(load_audio(path.read_bytes()), wav)
+
+
+def test_without_pyav_the_formats_libsndfile_reads_still_load(tmp_path, monkeypatch, tone):
+    """A GPU training image may lack PyAV (a 35 MB wheel): what libsndfile reads (WAV, FLAC, Ogg,
+    Opus, MP3) must not need it, and a format that does (AAC in .m4a) names it."""
+    if "aac" not in av.codecs_available:
+        pytest.skip("this FFmpeg build has no aac encoder")
+    m4a = encode_with_av(tmp_path / "tone.m4a", tone, 16000, "ipod", "aac")
+    flac = tmp_path / "tone.flac"
+    sf.write(str(flac), tone, 16000)
+    monkeypatch.setitem(sys.modules, "av", None)  # what `import av` meets where it is not installed
+    np.testing.assert_allclose(load_audio(flac), tone, atol=1e-4)
+    assert audio_duration(flac) == pytest.approx(1.0)
+    with raises_naming(str(m4a), "not a format soundfile reads", "PyAV", "not installed", "pip install av"):
+        load_audio(m4a)
+    with raises_naming(str(m4a), "PyAV", "not installed"):
+        audio_duration(m4a)
 
 
 def test_normalize_db_reaches_target(tone):
