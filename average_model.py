@@ -22,9 +22,11 @@ def parse_args(argv=None):
     parser.add_argument("--out_dir", required=True, help="where to write the averaged model directory")
     parser.add_argument("--backbone_only", action="store_true",
                         help="average only the embedding backbones (checkpoints with different heads)")
+    parser.add_argument("--half", action="store_true",
+                        help="store the weights in fp16: half the size, e.g. to carry a model off a GPU machine")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
-    sys.exit(run_cli(average, args.model_dirs, args.out_dir, args.backbone_only))
+    sys.exit(run_cli(average, args.model_dirs, args.out_dir, args.backbone_only, args.half))

@@ -56,6 +56,10 @@ def main(argv=None) -> int:
     except MVectorError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, or `timeout --signal=INT` (scripts/device_train.sh)
+        print("train.py: interrupted; finished epochs and the last step checkpoint are kept "
+              "(--resume continues from it)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -44,12 +44,12 @@ def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=F
     print(f"similarity: {score:.4f}  threshold: {predictor.threshold:.4f}  same speaker: {'yes' if same else 'no'}")
 
 
-def average(model_dirs, out_dir, backbone_only=False):
-    """Write the mean of several checkpoints of one model as a new model directory."""
+def average(model_dirs, out_dir, backbone_only=False, half=False):
+    """Write the mean of several checkpoints of one model as a new model directory (fp16 with ``half``)."""
     from mvector.model_dir import average_model_dirs, save_model_dir
 
     config, weights, state = average_model_dirs(model_dirs, backbone_only)
-    save_model_dir(out_dir, weights, config, state)
+    save_model_dir(out_dir, weights, config, state, half=half)
     print(f"averaged {len(model_dirs)} checkpoints: {out_dir}")
 
 

@@ -133,6 +133,14 @@ def test_average_model_script(tmp_path):
     done = subprocess.run([sys.executable, script, "--model_dirs", str(tmp_path / "a"), str(tmp_path / "b"),
                            "--out_dir", str(tmp_path / "avg")], capture_output=True, text=True)
     assert done.returncode == 0 and (tmp_path / "avg" / "model.pth").is_file()
+    done = subprocess.run([sys.executable, script, "--model_dirs", str(tmp_path / "a"), "--backbone_only", "--half",
+                           "--out_dir", str(tmp_path / "half")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    stored = torch.load(tmp_path / "half" / "model.pth")
+    assert stored and all(k.startswith("backbone.") for k in stored)
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    loaded, _, _ = load_embedder(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
     done = subprocess.run([sys.executable, script, "--model_dirs", str(tmp_path / "absent"),
                            "--out_dir", str(tmp_path / "x")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr

@@ -136,3 +136,24 @@ def test_max_steps_stops_and_saves_last_model(tmp_path, max_steps):
     assert state["step"] == max_steps
     _, _, saved = read_model_dir(tmp_path / "models" / "TDNN_Fbank" / "last_model")
     assert saved["step"] == max_steps and saved["epoch"] == 1 and saved["epoch_step"] == max_steps
+
+
+def test_ctrl_c_stops_with_one_line_and_keeps_the_finished_epochs(tmp_path):
+    args = tiny_overrides(write_lists(tmp_path, per_speaker=15)[0], max_epoch=1000, save_every_steps=SAVE_EVERY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(train_command(tmp_path, args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    first_epoch = tmp_path / "models" / "TDNN_Fbank" / "epoch_1" / "model.state"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None and read_state(first_epoch) is None:
+            time.sleep(0.1)
+        assert child.poll() is None, "training ended before it could be interrupted"
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130
+    assert "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1] and "--resume" in stderr
+    assert read_model_dir(first_epoch.parent)[1]
