@@ -23,7 +23,7 @@ shift || true
 RUN=$DATA/run
 LOG=$OUT/train.log
 
-if compgen -G ".whl/deps/*.whl" >/dev/null; then
+if ! "$PY" -c "import soundfile, soxr" 2>/dev/null && compgen -G ".whl/deps/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps .whl/deps/*.whl
 fi
 export MVECTOR_CACHE=${MVECTOR_CACHE:-$PWD/.whl/cache} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15
