@@ -12,6 +12,7 @@ import math
 import os
 import random
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,20 @@ def loader_from_batch(loader: DataLoader, skip_batches: int) -> DataLoader:
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                       worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
                       generator=loader.generator, timeout=loader.timeout)
+
+
+@contextmanager
+def compile_errors_explained(compiling: bool):
+    """torch.compile fails deep inside the compiler (no C++ compiler for the CPU, an operator this
+    torch cannot compile): one line that says how to train without it, not a traceback from there."""
+    try:
+        yield
+    except Exception as exc:
+        if compiling and isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+            detail = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise MVectorError(f"torch.compile failed on this machine ({detail.strip()}); train without it: "
+                               f"--override train_conf.use_compile=false") from exc
+        raise
 
 
 class MVectorTrainer:
@@ -464,10 +479,11 @@ class MVectorTrainer:
                 waveforms = waveforms.to(self.device, non_blocking=True)
                 lengths = lengths.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
-                    loss, outputs = self.model(waveforms, lengths, labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
+                with compile_errors_explained(train_conf["use_compile"]):
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
+                        loss, outputs = self.model(waveforms, lengths, labels)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
                 if train_conf["grad_clip"]:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.graph.parameters(), train_conf["grad_clip"])

@@ -31,11 +31,25 @@ export MVECTOR_CACHE=${MVECTOR_CACHE:-$PWD/.whl/cache} PYTHONUNBUFFERED=1 TQDM_M
 "$PY" create_data.py --data_root "$DATA" --out_dir "$DATA/lists" 2>&1 | tee "$LOG"
 # Stopped at the time limit, the run still leaves every finished epoch: better a model from those
 # than nothing when the call's limit comes.
+train() {
+  local seconds=$1
+  shift
+  timeout --signal=INT --kill-after=30 "$seconds" "$PY" train.py --configs "$CONFIG" --use_gpu true \
+    --save_model_path "$RUN" --log_dir "$RUN/log" --override "dataset_conf.train_list=$DATA/lists/train_list.txt" \
+    --override dataset_conf.trials=null "$@" 2>&1 | tee -a "$LOG"
+}
+start=$SECONDS
 status=0
-timeout --signal=INT --kill-after=30 "$TRAIN_SECONDS" "$PY" train.py --configs "$CONFIG" --use_gpu true \
-  --save_model_path "$RUN" --log_dir "$RUN/log" --override "dataset_conf.train_list=$DATA/lists/train_list.txt" \
-  --override dataset_conf.trials=null "$@" 2>&1 | tee -a "$LOG" || status=$?
-echo "train.py exit status $status (124: stopped at ${TRAIN_SECONDS} s)" | tee -a "$LOG"
+train "$TRAIN_SECONDS" "$@" || status=$?
+# A torch.compile that fails on that machine's torch must not cost the call: go on without it.
+left=$((TRAIN_SECONDS - (SECONDS - start)))
+if [ "$status" -eq 1 ] && grep -q "torch.compile failed" "$LOG" && [ "$left" -ge 10 ]; then
+  echo "retrying without torch.compile for the ${left} s left" | tee -a "$LOG"
+  rm -rf "$RUN"
+  status=0
+  train "$left" "$@" --override train_conf.use_compile=false || status=$?
+fi
+echo "train.py exit status $status (124: stopped at the time limit)" | tee -a "$LOG"
 
 mapfile -t epochs < <(ls -d "$RUN"/*/epoch_* 2>/dev/null | sort -V | tail -n 5)
 if [ ${#epochs[@]} -eq 0 ]; then

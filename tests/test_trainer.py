@@ -3,6 +3,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,17 @@ def test_train_py_errors_are_one_line(data, tmp_path):
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("train.py: error:") and expected in lines[0], result.stderr
+
+
+def test_a_torch_compile_failure_says_how_to_train_without_it(data, tmp_path):
+    # No working C++ compiler: what torch.compile meets on a CPU machine without one.
+    command = [sys.executable, "train.py", "--configs", str(BASE_CONFIG), "--use_gpu", "false",
+               "--save_model_path", str(tmp_path / "m"), "--log_dir", str(tmp_path / "log")]
+    for override in tiny_overrides(data.train, max_steps=1, use_compile="true"):
+        command += ["--override", override]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "CXX": "/bin/false"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: torch.compile failed") and "use_compile=false" in last, result.stderr
+    assert "Traceback" not in result.stderr
