@@ -6,7 +6,7 @@
 #
 #   bash scripts/device_train.sh [TRAIN_SECONDS] [train.py arguments, e.g. --override k=v ...]
 #
-# The checkout must carry (README "Train on a GPU machine" has the commands that prepare them):
+# The checkout must carry (README "Train on a borrowed GPU machine in one call" prepares them):
 #   $DATA/train  a copy of ../shared/data/train (DATA defaults to .data, git-ignored)
 #   .whl/deps    wheels the device image lacks (soundfile, cffi, pycparser, soxr), if any
 #   .whl/cache   the simulated RIR bank, as pyroomacoustics is absent there
