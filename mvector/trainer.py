@@ -414,7 +414,9 @@ class MVectorTrainer:
             self._log(f"training {self.config['model_conf']['model']} on {self.device} x{self.ctx.world_size}: "
                       f"{len(self.dataset)} samples, {self.num_classes} classes, {self.steps_per_epoch} steps/epoch, "
                       f"{sum(p.numel() for p in self.graph.parameters())} parameters -> {self.model_dir}")
-            return self._run(start_epoch, skip, rng, writer)
+            # Compiling happens at the first training and evaluation calls, anywhere in the run.
+            with compile_errors_explained(self.train_conf["use_compile"]):
+                return self._run(start_epoch, skip, rng, writer)
         finally:
             if writer is not None:
                 writer.close()
@@ -479,11 +481,10 @@ class MVectorTrainer:
                 waveforms = waveforms.to(self.device, non_blocking=True)
                 lengths = lengths.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                with compile_errors_explained(train_conf["use_compile"]):
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
-                        loss, outputs = self.model(waveforms, lengths, labels)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
+                    loss, outputs = self.model(waveforms, lengths, labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
                 if train_conf["grad_clip"]:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.graph.parameters(), train_conf["grad_clip"])
