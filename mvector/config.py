@@ -69,6 +69,11 @@ SCHEMA = {
         "preload": Field((bool,), False),
         "eval_batch_size": Field((int,), 32),
         "eval_max_duration": Field(NUM, 20.0),
+        # Recordings longer than embed_window seconds are embedded as the mean of the embeddings of
+        # windows that long, one every embed_hop seconds, by evaluation and the predictor alike.
+        # Windows as long as the training crops give embeddings like those the model learnt from.
+        "embed_window": Field(NUM, 10.0),
+        "embed_hop": Field(NUM, 5.0),
     },
     "preprocess_conf": {
         "feature_method": Field((str,), "Fbank", registry=_lazy("mvector.features", "FEATURIZERS")),
@@ -144,8 +149,19 @@ def _coerce(value, types):
     return value, False
 
 
+def _check_embedding_windows(config: dict, where: str) -> None:
+    data = config["dataset_conf"]
+    window, hop = data["embed_window"], data["embed_hop"]
+    if not window > 0:
+        raise ConfigError(f"{where}: 'dataset_conf.embed_window' must be > 0 seconds, got {window!r}")
+    if not 0 < hop <= window:
+        raise ConfigError(f"{where}: 'dataset_conf.embed_hop' must be in (0, embed_window={window}] seconds, "
+                          f"got {hop!r}")
+
+
 def validate(data, schema, where: str, path=()):
-    """Return ``data`` completed with defaults; raise ConfigError on unknown keys or wrong types."""
+    """Return ``data`` completed with defaults; raise ConfigError on unknown keys, wrong types or
+    values out of range."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -178,6 +194,8 @@ def validate(data, schema, where: str, path=()):
             cls = owner.registry()[out[spec.args_of]]
             check_kwargs(cls, out[key], where=f"{where}: '{'.'.join(path + (key,))}': ")
             _coerce_numeric_args(cls, out[key])
+    if schema is SCHEMA:
+        _check_embedding_windows(out, where)
     return out
 
 

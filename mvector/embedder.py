@@ -28,6 +28,17 @@ class SpeakerEmbedder(nn.Module):
         return self.backbone(features, frame_lengths if lengths is not None else None)
 
 
+def window_starts(num_samples: int, window: int, hop: int) -> list:
+    """First samples of the windows a recording of ``num_samples`` is embedded as: one window when it
+    fits, else one every ``hop`` and a last one flush with the end, so no audio is left out."""
+    if num_samples <= window:
+        return [0]
+    starts = list(range(0, num_samples - window + 1, hop))
+    if starts[-1] + window < num_samples:
+        starts.append(num_samples - window)
+    return starts
+
+
 def build_featurizer(config: dict) -> AudioFeaturizer:
     pre = config["preprocess_conf"]
     return AudioFeaturizer(pre["feature_method"], pre["method_args"], mean_norm=pre["mean_norm"])

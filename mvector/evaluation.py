@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mvector.audio import audio_duration, load_audio
+from mvector.embedder import window_starts
 from mvector.errors import AudioError, MVectorError
 from mvector.fileio import read_list_lines
 from mvector.metrics import (AS_NORM_TOP_K, apply_as_norm, cohort_stats, cosine_score_matrix, det_curve,
@@ -83,21 +84,26 @@ def read_labelled_list(path):
 
 
 class _AudioBatches(Dataset):
-    """Each item is one batch of utterances: decoded, cropped and padded, with the files that failed."""
+    """Each item is one batch of utterances, decoded and cropped, as padded windows
+    (``mvector.embedder.window_starts``) with the utterance each window belongs to, and the files
+    that failed."""
 
-    def __init__(self, batches, sample_rate: int, min_samples: int, max_samples: int, normalize_db, vad: bool):
+    def __init__(self, batches, sample_rate: int, min_samples: int, max_samples: int, normalize_db, vad: bool,
+                 window: int, hop: int):
         self.batches = batches
         self.sample_rate = sample_rate
         self.min_samples = min_samples
         self.max_samples = max_samples
         self.normalize_db = normalize_db
         self.vad = vad
+        self.window = window
+        self.hop = hop
 
     def __len__(self):
         return len(self.batches)
 
     def __getitem__(self, index):
-        loaded, waves, failed = [], [], []
+        loaded, windows, owners, failed = [], [], [], []
         for path in self.batches[index]:
             try:
                 wav = load_audio(path, target_sample_rate=self.sample_rate, normalize_db=self.normalize_db,
@@ -109,11 +115,14 @@ class _AudioBatches(Dataset):
                 failed.append((path, f"too short for the model: {len(wav) / self.sample_rate:.3f} s < "
                                      f"{self.min_samples / self.sample_rate:.3f} s"))
                 continue
+            wav = torch.from_numpy(wav[: self.max_samples])
+            for start in window_starts(len(wav), self.window, self.hop):
+                windows.append(wav[start: start + self.window])
+                owners.append(len(loaded))
             loaded.append(path)
-            waves.append(torch.from_numpy(wav[: self.max_samples]))
-        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-        padded = pad_sequence(waves, batch_first=True) if waves else torch.zeros(0, 0)
-        return loaded, padded, lengths, failed
+        lengths = torch.tensor([len(w) for w in windows], dtype=torch.long)
+        padded = pad_sequence(windows, batch_first=True) if windows else torch.zeros(0, 0)
+        return loaded, padded, lengths, torch.tensor(owners, dtype=torch.long), failed
 
 
 def _min_samples(embedder) -> int:
@@ -156,19 +165,25 @@ def _report_failures(failures, total: int):
     logger.warning("skipped %d of %d audio file(s) that could not be used, e.g. %s", len(failures), total, examples)
 
 
-def _embed_batch(embedder, paths, waves, lengths, embeddings: dict, failures: list):
-    """Embed one padded batch into ``embeddings``; a batch the model refuses (audio too short for it)
-    is retried one utterance at a time so only the offending files are reported."""
+def _embed_batch(embedder, paths, waves, lengths, owners, batch_size: int, embeddings: dict, failures: list):
+    """Embed one batch of utterances into ``embeddings``: each is the renormalised mean of the
+    normalised embeddings of its windows (rows of ``waves`` whose ``owners`` is its index in
+    ``paths``), run ``batch_size`` windows per pass. A batch the model refuses (audio too short for
+    it) is retried one utterance at a time so only the offending files are reported."""
     try:
-        vectors = F.normalize(embedder(waves, lengths).float(), dim=1).cpu().numpy()
+        vectors = torch.cat([embedder(waves[i: i + batch_size], lengths[i: i + batch_size]).float()
+                             for i in range(0, len(waves), batch_size)])
     except AudioError as exc:
         if len(paths) == 1:
             failures.append((paths[0], str(exc)))
             return
         for i, path in enumerate(paths):
-            _embed_batch(embedder, [path], waves[i: i + 1, : lengths[i]], lengths[i: i + 1], embeddings, failures)
+            rows = owners == i
+            _embed_batch(embedder, [path], waves[rows][:, : int(lengths[rows].max())], lengths[rows],
+                         torch.zeros_like(owners[rows]), batch_size, embeddings, failures)
         return
-    for path, vector in zip(paths, vectors):
+    sums = vectors.new_zeros(len(paths), vectors.shape[1]).index_add_(0, owners, F.normalize(vectors, dim=1))
+    for path, vector in zip(paths, F.normalize(sums, dim=1).cpu().numpy()):
         if np.isfinite(vector).all():
             embeddings[path] = vector
         else:
@@ -176,12 +191,14 @@ def _embed_batch(embedder, paths, waves, lengths, embeddings: dict, failures: li
 
 
 def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device="cpu", num_workers=2,
-                       progress=True, *, normalize_db=None, vad=False, durations=None) -> dict:
+                       progress=True, *, normalize_db=None, vad=False, durations=None, window=10.0,
+                       hop=5.0) -> dict:
     """Embeddings of audio files: ``{path: L2-normalised float32 embedding}``.
 
     Utterances are sorted by duration and batched with others of similar length (padding is cut to a
     minimum; the embedder ignores it given the lengths), cropped to their first ``max_duration``
-    seconds. ``normalize_db`` and ``vad`` are the dataset's loudness normalisation (dBFS or None) and
+    seconds. One longer than ``window`` seconds is embedded as the mean of windows that long every
+    ``hop`` seconds, as MVectorPredictor embeds it. ``normalize_db`` and ``vad`` are the dataset's loudness normalisation (dBFS or None) and
     VAD settings. ``durations`` (path -> seconds, e.g. from a list's third column) saves reading
     headers. Files that cannot be used are logged (count and first names) and absent from the result.
     The embedder must be on ``device``; it runs in eval mode and is put back in its mode afterwards.
@@ -197,8 +214,10 @@ def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device
     ordered = sorted(lengths, key=lambda p: -min(lengths[p], max_duration))
     batches = [ordered[i: i + batch_size] for i in range(0, len(ordered), batch_size)]
     sample_rate = embedder.sample_rate
+    if not 0 < hop <= window:
+        raise MVectorError(f"embedding windows: hop must be in (0, window={window}] seconds, got {hop!r}")
     dataset = _AudioBatches(batches, sample_rate, _min_samples(embedder), int(round(max_duration * sample_rate)),
-                            normalize_db, vad)
+                            normalize_db, vad, int(round(window * sample_rate)), int(round(hop * sample_rate)))
     workers = min(num_workers, len(batches))
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=torch.device(device).type == "cuda")
@@ -209,11 +228,11 @@ def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device
     try:
         with torch.inference_mode(), tqdm(total=len(unique), unit="utt", desc="embeddings",
                                           disable=not progress, leave=False) as bar:
-            for loaded, waves, wave_lengths, failed in loader:
+            for loaded, waves, wave_lengths, owners, failed in loader:
                 failures.extend(failed)
                 if loaded:
                     _embed_batch(embedder, loaded, waves.to(device, non_blocking=True), wave_lengths.to(device),
-                                 embeddings, failures)
+                                 owners.to(device), batch_size, embeddings, failures)
                 bar.update(len(loaded) + len(failed))
     finally:
         embedder.train(was_training)
@@ -225,7 +244,8 @@ def _extraction_settings(config, batch_size, num_workers):
     data = config["dataset_conf"]
     return dict(batch_size=batch_size or data["eval_batch_size"], max_duration=data["eval_max_duration"],
                 num_workers=data["num_workers"] if num_workers is None else num_workers,
-                normalize_db=data["target_db"] if data["use_db_normalization"] else None, vad=data["do_vad"])
+                normalize_db=data["target_db"] if data["use_db_normalization"] else None, vad=data["do_vad"],
+                window=data["embed_window"], hop=data["embed_hop"])
 
 
 def cohort_embeddings(embedder, cohort_list, config, device="cpu", *, batch_size=None, num_workers=None,

@@ -5,9 +5,11 @@
     predictor.register("alice.wav", "alice"); name, score = predictor.recognition("unknown.wav")
 
 Audio is anything ``mvector.audio.load_audio`` accepts, loaded with the model config's loudness
-normalisation and VAD settings. Recordings longer than ``window_seconds`` are embedded as
-overlapping windows whose embeddings are averaged, so memory stays bounded for any length.
+normalisation and VAD settings. Recordings longer than the model's window
+(``dataset_conf.embed_window``) are embedded as overlapping windows whose embeddings are averaged,
+as evaluation embeds them, so memory stays bounded for any length.
 """
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from mvector.audio import load_audio
 from mvector.backends import BACKENDS
+from mvector.embedder import window_starts
 from mvector.errors import ConfigError, MVectorError
 
 # Shorter audio carries too little of a voice for a usable embedding (and is below what the
@@ -50,9 +53,11 @@ class MVectorPredictor:
     ``model_dir``: a model directory (``mvector.model_dir``); None uses the packaged default model.
     ``threshold``: the same-speaker decision threshold; None takes the model's EER threshold from
     its model.state. ``use_gpu``: run on CUDA (an error when there is none). ``window_seconds`` /
-    ``hop_seconds``: sliding windows for long recordings; ``batch_size``: utterances or windows
-    per forward pass. ``backend``: 'torch', 'onnx' (an exported ``model.onnx``, found in
-    ``model_dir`` or given as ``onnx_path``) or 'onnx-int8' (``model.int8.onnx``, ``mvector.quantize``).
+    ``hop_seconds``: sliding windows for long recordings (None: the model config's
+    ``dataset_conf.embed_window`` / ``embed_hop``, with which its EER threshold was measured);
+    ``batch_size``: utterances or windows per forward pass. ``backend``: 'torch', 'onnx' (an
+    exported ``model.onnx``, found in ``model_dir`` or given as ``onnx_path``) or 'onnx-int8'
+    (``model.int8.onnx``, ``mvector.quantize``).
     ``fuse_batchnorm`` (torch backend): BatchNorms are folded into the convolutions before them at
     load, checked to give the same embeddings (5-25 % faster on the CPU for the backbones that have
     such pairs; ECAPA-TDNN has none). None (default): fold where that check passes; True: fold or
@@ -60,15 +65,11 @@ class MVectorPredictor:
     """
 
     def __init__(self, model_dir=None, audio_db_path="audio_db/", threshold=None, use_gpu=False,
-                 window_seconds=10.0, hop_seconds=5.0, batch_size=16, *, backend="torch", onnx_path=None,
+                 window_seconds=None, hop_seconds=None, batch_size=16, *, backend="torch", onnx_path=None,
                  fuse_batchnorm=None):
         if model_dir is None:
             from mvector.pretrained import default_model_dir
             model_dir = default_model_dir()
-        if not window_seconds >= MIN_DURATION:
-            raise ConfigError(f"window_seconds must be >= {MIN_DURATION} s, got {window_seconds!r}")
-        if not 0 < hop_seconds <= window_seconds:
-            raise ConfigError(f"hop_seconds must be in (0, window_seconds={window_seconds}], got {hop_seconds!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model_dir = Path(model_dir)
@@ -82,9 +83,15 @@ class MVectorPredictor:
         self.sample_rate = self._backend.sample_rate
         self.embd_dim = self._backend.embd_dim
         self.batch_size = batch_size
+        data = self.config["dataset_conf"]
+        window_seconds = data["embed_window"] if window_seconds is None else window_seconds
+        hop_seconds = data["embed_hop"] if hop_seconds is None else hop_seconds
+        if not window_seconds >= MIN_DURATION:
+            raise ConfigError(f"window_seconds must be >= {MIN_DURATION} s, got {window_seconds!r}")
+        if not 0 < hop_seconds <= window_seconds:
+            raise ConfigError(f"hop_seconds must be in (0, window_seconds={window_seconds}], got {hop_seconds!r}")
         self._window = int(round(window_seconds * self.sample_rate))
         self._hop = int(round(hop_seconds * self.sample_rate))
-        data = self.config["dataset_conf"]
         self._target_db = data["target_db"] if data["use_db_normalization"] else None
         self._vad = data["do_vad"]
         self.threshold = threshold if threshold is not None else self._model_threshold()
@@ -144,9 +151,7 @@ class MVectorPredictor:
     def _embed_long(self, wav: np.ndarray) -> np.ndarray:
         """Mean of the normalised embeddings of windows every hop (the last one flush with the end),
         renormalised. Windows are views into ``wav``, embedded a few at a time (WINDOWS_PER_PASS)."""
-        starts = list(range(0, len(wav) - self._window + 1, self._hop))
-        if starts[-1] + self._window < len(wav):
-            starts.append(len(wav) - self._window)
+        starts = window_starts(len(wav), self._window, self._hop)
         total = np.zeros(self.embd_dim, dtype=np.float64)
         for chunk in _chunks(starts, min(self.batch_size, WINDOWS_PER_PASS)):
             total += self._forward([wav[s: s + self._window] for s in chunk]).sum(axis=0)
@@ -179,8 +184,14 @@ class MVectorPredictor:
     # ------------------------------------------------------------------ voiceprint library
 
     def fingerprint(self) -> str:
-        """Identifies the model's embedding space: the voiceprint library re-embeds when it changes."""
-        return self._backend.fingerprint()
+        """Identifies the embedding space (model and windows): the voiceprint library re-embeds when
+        it changes."""
+        model = self._backend.fingerprint()
+        data = self.config["dataset_conf"]
+        configured = tuple(int(round(data[key] * self.sample_rate)) for key in ("embed_window", "embed_hop"))
+        if (self._window, self._hop) == configured:
+            return model
+        return hashlib.sha256(f"{model} window={self._window} hop={self._hop}".encode()).hexdigest()[:16]
 
     def _library(self):
         if self._voiceprints is None:

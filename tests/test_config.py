@@ -66,6 +66,14 @@ def test_booleans_are_not_numbers(tmp_path):
         load_config(write(tmp_path, {"dataset_conf": {"max_duration": True}}))
 
 
+@pytest.mark.parametrize("window, hop, key", [(0, 0, "embed_window"), (3.0, 0, "embed_hop"), (3.0, 4.0, "embed_hop")])
+def test_embedding_windows_out_of_range_are_named(tmp_path, window, hop, key):
+    path = write(tmp_path, {"dataset_conf": {"embed_window": window, "embed_hop": hop}})
+    with pytest.raises(ConfigError, match=rf"dataset_conf\.{key}") as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
 def test_yaml_exponent_strings_are_read_as_numbers(tmp_path):
     config = load_config(write(tmp_path, {"optimizer_conf": {"optimizer_args": {"lr": "1e-3"}}}),
                          overrides=["optimizer_conf.scheduler_args.min_lr=1e-6"])

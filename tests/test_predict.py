@@ -117,6 +117,33 @@ def test_a_real_long_concatenation_works_and_short_input_is_not_windowed(model_d
     np.testing.assert_allclose(predictor.embed_waveforms([short]), unwindowed.embed_waveforms([short]), atol=1e-6)
 
 
+def test_windows_come_from_the_model_config_and_evaluation_embeds_alike(tmp_path):
+    # The windows a model's EER threshold was measured with are the ones its predictor uses, and
+    # eval.py's batched extraction gives the very embeddings the predictor gives.
+    from mvector.evaluation import extract_embeddings
+    from mvector.model_dir import load_embedder
+
+    model_dir = make_model_dir(tmp_path / "m")
+    config = yaml.safe_load((model_dir / "config.yml").read_text())
+    config["dataset_conf"].update(embed_window=1.0, embed_hop=0.5)
+    (model_dir / "config.yml").write_text(yaml.safe_dump(config))
+    files = [str(f) for f in dev_files(3)]
+    from_config = MVectorPredictor(model_dir).predict_batch(files)
+    explicit = MVectorPredictor(model_dir, window_seconds=1.0, hop_seconds=0.5)
+    np.testing.assert_allclose(from_config, explicit.predict_batch(files), atol=1e-6)
+    unwindowed = MVectorPredictor(model_dir, window_seconds=1000.0, hop_seconds=1000.0).predict_batch(files)
+    assert max(cosine(a, b) for a, b in zip(from_config, unwindowed)) < 0.999
+    embedder, loaded, _ = load_embedder(model_dir)
+    data = loaded["dataset_conf"]
+    batched = extract_embeddings(embedder, files, batch_size=2, num_workers=0, progress=False,
+                                 normalize_db=data["target_db"], window=1.0, hop=0.5)
+    for path, expected in zip(files, from_config):
+        assert cosine(batched[path], expected) > COS
+    # Voiceprints enrolled with other windows are another embedding space.
+    assert explicit.fingerprint() == MVectorPredictor(model_dir).fingerprint()
+    assert MVectorPredictor(model_dir, window_seconds=2.0).fingerprint() != explicit.fingerprint()
+
+
 def test_contrast_is_symmetric_and_verify_uses_the_model_threshold(predictor):
     a, b = dev_files(2)
     score = predictor.contrast(a, b)
