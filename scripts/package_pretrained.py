@@ -1,9 +1,9 @@
 """Package a trained model as the default pretrained model shipped inside mvector.
 
     python scripts/package_pretrained.py --model_dir models/EcapaTdnn_Fbank/last_model \
-        [--name EcapaTdnn_Fbank] [--trials ../shared/data/dev/trials.tsv]
+        [--name EcapaTdnn_Fbank | --out_dir DIR] [--trials ../shared/data/dev/trials.tsv]
 
-Writes ``mvector/pretrained/<name>/`` with the backbone's weights in fp16 (the classifier and the
+Writes ``mvector/pretrained/<name>/`` (or ``--out_dir``) with the backbone's weights in fp16 (the classifier and the
 training state are not needed to embed), the config and model.state, then measures the EER
 threshold through MVectorPredictor on the trials (eval.py --save_threshold) and stores it there.
 """
@@ -25,12 +25,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_dir", required=True, help="trained model directory")
     parser.add_argument("--name", default="EcapaTdnn_Fbank", help="folder name under mvector/pretrained/")
+    parser.add_argument("--out_dir", help="write here instead of mvector/pretrained/<name>/")
     parser.add_argument("--trials", default=str(ROOT.parent / "shared" / "data" / "dev" / "trials.tsv"),
                         help="trial list the threshold is measured on")
     args = parser.parse_args(argv)
     config, weights, state = read_model_dir(args.model_dir)
     backbone = {k: v for k, v in weights.items() if k.startswith("backbone.")}
-    out = ROOT / "mvector" / "pretrained" / args.name
+    out = Path(args.out_dir) if args.out_dir else ROOT / "mvector" / "pretrained" / args.name
     kept = {k: state[k] for k in KEEP_STATE if k in state}
     save_model_dir(out, backbone, config, kept, half=True)
     result = calibrate(out, args.trials)
