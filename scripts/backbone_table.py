@@ -2,15 +2,21 @@
 
     python scripts/backbone_table.py --steps 3000 [--backbones TDNN Res2Net] [--out models/backbone_table]
         [--recipe configs/recipes/backbone_table.yml] [--trials ../shared/data/dev/trials.tsv]
-        [--data_root ../shared/data] [--use_gpu] [--override KEY=VALUE ...]
+        [--data_root ../shared/data] [--use_gpu] [--train_only] [--override KEY=VALUE ...]
 
 Run from the repository root. For each backbone, its config (``configs/<backbone>.yml``: model and
 front-end) with the recipe laid over it (``mvector.config.load_layered_config``; ``--override``
 applies to every backbone alike) is trained by ``MVectorTrainer`` for exactly ``--steps`` steps into
-``OUT/<backbone>/``. Its final model (``last_model``) is then scored on the trial list (EER, MinDCF at
-p_target 0.01), its embedding backbone's parameters counted, and the CPU real-time factor of
+``OUT/<backbone>/``; its embedding backbone is kept in fp16 as ``OUT/<backbone>/final`` and the
+training facts in ``OUT/<backbone>.train.json``. The final model is then scored on the trial list
+(EER, MinDCF at p_target 0.01), its parameters counted, and the CPU real-time factor of
 ``MVectorPredictor.predict`` measured (one 3 s utterance, 2 torch threads, median of a few calls
 after warm-up; compute seconds / audio seconds). Each backbone's figures go to ``OUT/<backbone>.json``.
+
+``--train_only`` stops after training: on a borrowed GPU machine, whose call cannot carry the dev
+set beside the training set (``scripts/device_table.sh``). A backbone whose ``.train.json`` and
+``final`` are in OUT (e.g. unpacked from what that call returned) is scored without training again;
+scoring runs on the GPU only where there is one, as the figures do not depend on it.
 
 Resuming: a backbone whose JSON exists is skipped, and one whose training was interrupted continues
 from its ``last_model`` at the step it was saved; both only after checking that they were made with
@@ -41,7 +47,7 @@ from mvector.data import SpeakerCropDataset, build_train_loader  # noqa: E402
 from mvector.data_lists import create_data_lists  # noqa: E402
 from mvector.errors import ConfigError, MVectorError  # noqa: E402
 from mvector.evaluation import evaluate_trials, read_trials  # noqa: E402
-from mvector.model_dir import TRAINING_FILE, load_embedder, read_model_dir  # noqa: E402
+from mvector.model_dir import TRAINING_FILE, load_embedder, read_model_dir, save_model_dir  # noqa: E402
 from mvector.predict import MVectorPredictor  # noqa: E402
 from mvector.trainer import MVectorTrainer  # noqa: E402
 
@@ -67,6 +73,9 @@ NEUTRAL_KEYS = ("dataset_conf.num_workers", "dataset_conf.eval_batch_size", "tra
 RTF_SECONDS = 3.0
 RTF_THREADS = 2
 RTF_WARMUP_CALLS = 2
+TRAINED_SUFFIX = ".train.json"
+# The trained embedding backbone (fp16) inside each backbone's folder: what is scored.
+FINAL_MODEL = "final"
 
 
 def parse_args(argv=None):
@@ -86,6 +95,8 @@ def parse_args(argv=None):
                         help="corpus create_data.py reads when the recipe's train_list is missing")
     parser.add_argument("--use_gpu", action="store_true",
                         help="train and score on CUDA with bfloat16 autocast (the RTF is measured on the CPU)")
+    parser.add_argument("--train_only", action="store_true",
+                        help="train (into OUT/<backbone>/final and OUT/<backbone>.train.json) but do not score")
     parser.add_argument("--rtf_repeats", type=int, default=5, help="timed predict calls per backbone")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -144,8 +155,10 @@ def budget_overrides(steps: int, epoch_steps: int, use_gpu: bool) -> list:
 
 
 def recipe_of(config: dict, trials) -> dict:
-    """What must be equal across a table's rows: the recipe's sections (budget included) and the trials."""
-    return {**{section: config[section] for section in RECIPE_SECTIONS}, "trials": str(trials)}
+    """What must be equal across a table's rows: the recipe's sections (budget included) and the trials
+    (relative to the repository, so a checkout elsewhere, e.g. on a device, names them alike)."""
+    return {**{section: config[section] for section in RECIPE_SECTIONS},
+            "trials": os.path.relpath(Path(trials).resolve(), ROOT)}
 
 
 def _flatten(data, prefix=""):
@@ -177,7 +190,8 @@ def check_made_alike(saved: dict, current: dict, where: str) -> None:
 
 
 def train(name: str, config: dict, args) -> dict:
-    """Train for the budget (continuing an interrupted run); the training facts for the JSON."""
+    """Train for the budget (continuing an interrupted run) and keep the final embedding backbone in
+    fp16 as ``OUT/<name>/final``; the training facts for the JSON."""
     folder = Path(args.out) / name
     trainer = MVectorTrainer(config, use_gpu="true" if args.use_gpu else "false", save_model_path=folder,
                              log_dir=folder / "log")
@@ -195,7 +209,10 @@ def train(name: str, config: dict, args) -> dict:
     state = trainer.train(resume=resume)
     seconds = time.monotonic() - started
     steps_run = args.steps - resumed_step
-    return {"model_dir": str(last), "device": str(trainer.device), "steps_per_epoch": trainer.steps_per_epoch,
+    saved, weights, saved_state = read_model_dir(last)
+    save_model_dir(folder / FINAL_MODEL, {k: v for k, v in weights.items() if k.startswith("backbone.")}, saved,
+                   {k: saved_state[k] for k in ("epoch", "step") if k in saved_state}, half=True)
+    return {"device": str(trainer.device), "steps_per_epoch": trainer.steps_per_epoch,
             "epochs": round(args.steps / trainer.steps_per_epoch, 3), "final_lr": state.get("lr"),
             "final_margin": state.get("margin"), "train_seconds": round(seconds, 1),
             "resumed_from_step": resumed_step,
@@ -204,7 +221,7 @@ def train(name: str, config: dict, args) -> dict:
 
 def score(model_dir, trials, use_gpu: bool, progress: bool) -> dict:
     """EER / MinDCF of the model on the trials and its embedding backbone's parameter count."""
-    device = torch_device(use_gpu)
+    device = torch_device(use_gpu and torch.cuda.is_available())
     embedder, config, _ = load_embedder(model_dir, device)
     metrics = evaluate_trials(embedder, trials, config, device, progress=progress)
     return {"params": sum(p.numel() for p in embedder.backbone.parameters()),
@@ -239,16 +256,27 @@ def cpu_rtf(model_dir, trials, repeats: int) -> float:
     return statistics.median(times) / RTF_SECONDS
 
 
-def run_backbone(name: str, config: dict, recipe: dict, args) -> dict:
-    result = {"backbone": name, "config": shown(Path(args.configs_dir) / BACKBONE_CONFIGS[name]),
-              "recipe_file": shown(args.recipe),
-              "steps": args.steps, "batch_size": config["dataset_conf"]["batch_size"],
-              "seed": config["train_conf"]["seed"], "overrides": args.override}
-    result.update(train(name, config, args))
-    result.update(score(result["model_dir"], args.trials, args.use_gpu, progress=not args.no_progress))
-    result.update(cpu_rtf=cpu_rtf(result["model_dir"], args.trials, args.rtf_repeats), rtf_threads=RTF_THREADS,
-                  rtf_audio_seconds=RTF_SECONDS, rtf_repeats=args.rtf_repeats,
-                  mvector_version=__version__, torch_version=torch.__version__, recipe=recipe)
+def train_backbone(name: str, config: dict, recipe: dict, args) -> dict:
+    """Train one backbone; what its ``.train.json`` holds."""
+    trained = {"backbone": name, "config": shown(Path(args.configs_dir) / BACKBONE_CONFIGS[name]),
+               "recipe_file": shown(args.recipe),
+               "steps": args.steps, "batch_size": config["dataset_conf"]["batch_size"],
+               "seed": config["train_conf"]["seed"], "overrides": args.override}
+    trained.update(train(name, config, args))
+    trained.update(mvector_version=__version__, torch_version=torch.__version__, recipe=recipe)
+    return trained
+
+
+def measure(trained: dict, args) -> dict:
+    """Score and time a trained backbone's final model; the row's JSON."""
+    model_dir = Path(args.out) / trained["backbone"] / FINAL_MODEL
+    if not (model_dir / "model.pth").is_file():
+        raise MVectorError(f"{model_dir}: the trained model is missing beside its {TRAINED_SUFFIX}; unpack it "
+                           f"there too (scripts/device_table.sh returns both)")
+    result = {**trained, "model_dir": str(model_dir)}
+    result.update(score(model_dir, args.trials, args.use_gpu, progress=not args.no_progress))
+    result.update(cpu_rtf=cpu_rtf(model_dir, args.trials, args.rtf_repeats), rtf_threads=RTF_THREADS,
+                  rtf_audio_seconds=RTF_SECONDS, rtf_repeats=args.rtf_repeats)
     return result
 
 
@@ -303,7 +331,7 @@ def main(argv=None) -> int:
         names = list(dict.fromkeys(args.backbones))
         configs = {name: backbone_config(name, args.configs_dir, args.recipe, args.override) for name in names}
         ensure_train_list(configs[names[0]], args.data_root)
-        if not Path(args.trials).is_file():
+        if not args.train_only and not Path(args.trials).is_file():
             raise MVectorError(f"--trials: trial list not found: {args.trials}")
         epoch_steps = steps_per_epoch(configs[names[0]])
         if args.steps % epoch_steps:
@@ -322,16 +350,26 @@ def main(argv=None) -> int:
                                   f"{name}'s differ ({differences}): set them in the recipe")
         out.mkdir(parents=True, exist_ok=True)
         for name in BACKBONE_CONFIGS:  # every row of the table, not only this run's
-            path = out / f"{name}.json"
-            if path.is_file():
-                check_made_alike(read_result(path)["recipe"], recipe, str(path))
+            for path in (out / f"{name}.json", out / f"{name}{TRAINED_SUFFIX}"):
+                if path.is_file():
+                    check_made_alike(read_result(path)["recipe"], recipe, str(path))
         for name in names:
-            path = out / f"{name}.json"
+            path, trained_path = out / f"{name}.json", out / f"{name}{TRAINED_SUFFIX}"
             if path.is_file():
                 logger.info("%s: %s exists, skipped", name, path)
                 continue
-            write_json(path, run_backbone(name, configs[name], recipe, args))
-            logger.info("%s: wrote %s", name, path)
+            if trained_path.is_file():
+                logger.info("%s: trained already (%s)", name, trained_path)
+                trained = read_result(trained_path)
+            else:
+                trained = train_backbone(name, configs[name], recipe, args)
+                write_json(trained_path, trained)
+            if not args.train_only:
+                write_json(path, measure(trained, args))
+                logger.info("%s: wrote %s", name, path)
+        if args.train_only:
+            print(f"trained {', '.join(names)} into {out}: score them with the same command without --train_only")
+            return 0
         rows = [read_result(out / f"{name}.json") for name in BACKBONE_CONFIGS if (out / f"{name}.json").is_file()]
     except MVectorError as exc:
         print(f"backbone_table.py: error: {exc}", file=sys.stderr)

@@ -23,10 +23,7 @@ shift || true
 RUN=$DATA/run
 LOG=$OUT/train.log
 
-if ! "$PY" -c "import soundfile, soxr" 2>/dev/null && compgen -G ".whl/deps/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps .whl/deps/*.whl
-fi
-export MVECTOR_CACHE=${MVECTOR_CACHE:-$PWD/.whl/cache} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15
+source scripts/device_env.sh
 
 "$PY" create_data.py --data_root "$DATA" --out_dir "$DATA/lists" 2>&1 | tee "$LOG"
 # Stopped at the time limit, the run still leaves every finished epoch: better a model from those

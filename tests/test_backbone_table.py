@@ -1,7 +1,12 @@
-"""scripts/backbone_table.py on the smoke set: two small backbones for a few steps, then resume."""
+"""scripts/backbone_table.py on the smoke set: two small backbones for a few steps, then resume; and
+scripts/device_table.sh, training there and scoring here."""
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -116,9 +121,10 @@ def test_a_second_run_skips_what_is_done(table_run, monkeypatch):
     before = {n: (out / f"{n}.json").read_text() for n in ("TDNN", "Res2Net")}
 
     def no_training(*args, **kwargs):
-        raise AssertionError("a finished backbone was trained again")
+        raise AssertionError("a finished backbone was trained or scored again")
 
-    monkeypatch.setattr(script, "run_backbone", no_training)
+    monkeypatch.setattr(script, "train_backbone", no_training)
+    monkeypatch.setattr(script, "measure", no_training)
     # More loader workers change the speed, not the result: still the same table.
     assert script.main(argv + ["--override=dataset_conf.num_workers=1"]) == 0
     assert {n: (out / f"{n}.json").read_text() for n in before} == before
@@ -148,6 +154,7 @@ def test_an_interrupted_training_continues_at_its_step(table_run, monkeypatch):
 
     monkeypatch.setattr(trainer_module.MVectorTrainer, "train", spy)
     (out / "TDNN.json").unlink()
+    (out / "TDNN.train.json").unlink()
     assert script.main(argv) == 0
     result = json.loads((out / "TDNN.json").read_text())
     assert seen["resume"] is True and result["resumed_from_step"] == STEPS and result["seconds_per_step"] is None
@@ -168,3 +175,40 @@ def test_a_recipe_setting_the_model_is_refused(tmp_path):
     recipe.write_text("model_conf:\n  model: TDNN\n", encoding="utf-8")
     with pytest.raises(MVectorError, match="must not set model_conf"):
         script.backbone_config("Res2Net", REPO / "configs", recipe, [])
+
+
+def test_trained_on_a_device_and_scored_here(table_run, tmp_path, monkeypatch):
+    """device_table.sh trains (on the CPU here) and returns one tar per backbone; unpacked into an
+    empty folder, the scoring run trains nothing and gives the row."""
+    script, argv, _, lists, _ = table_run
+    data, out, table = tmp_path / "data", tmp_path / "out", tmp_path / "table"
+    data.mkdir()
+    out.mkdir()
+    (data / "train").symlink_to(Path(argv[argv.index("--data_root") + 1]) / "train")
+    common = [a for a in argv[argv.index("--configs_dir"):] if not a.startswith("--override=dataset_conf.train_list")]
+    env = {**os.environ, "OUT": str(out), "DATA": str(data), "LISTS": str(tmp_path / "lists"), "GPU_FLAG": "",
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "device_table.sh"), str(STEPS), "TDNN", "--", *common],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["TDNN.tar", "table.log"]
+    assert "score them with the same command without --train_only" in (out / "table.log").read_text()
+    with tarfile.open(out / "TDNN.tar") as tar:
+        names = tar.getnames()
+        assert "TDNN.train.json" in names and "TDNN/final/model.pth" in names
+        assert not any("last_model" in name for name in names)  # no optimizer state: it would not fit
+        tar.extractall(table)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a backbone trained on the device was trained again")
+
+    monkeypatch.setattr(script, "train_backbone", no_training)
+    scoring = ["--steps", str(STEPS), "--backbones", "TDNN", "--out", str(table),
+               f"--override=dataset_conf.train_list={tmp_path / 'lists' / 'train_list.txt'}", *common]
+    assert script.main(scoring) == 0
+    result = json.loads((table / "TDNN.json").read_text())
+    assert result["model_dir"] == str(table / "TDNN" / "final") and 0.0 <= result["eer"] <= 1.0
+    _, weights, state = read_model_dir(table / "TDNN" / "final")
+    assert state["step"] == STEPS and all(k.startswith("backbone.") for k in weights)
+    stored = torch.load(table / "TDNN" / "final" / "model.pth")
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
