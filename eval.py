@@ -29,6 +29,12 @@ def parse_args(argv=None):
     parser.add_argument("--trials_list", help="test list path<TAB>label, scored against every enrolled speaker")
     parser.add_argument("--as_norm_cohort", help="list path<TAB>label of training audio: turns on AS-Norm")
     parser.add_argument("--as_norm_top_k", type=int, default=300, help="AS-Norm cohort size per side")
+    parser.add_argument("--window_seconds", type=float,
+                        help="embed recordings longer than this as the mean of windows this long (default: the "
+                             "model config's dataset_conf.embed_window)")
+    parser.add_argument("--hop_seconds", type=float,
+                        help="seconds between windows (default: the model config's dataset_conf.embed_hop, or "
+                             "half of --window_seconds when that is given)")
     parser.add_argument("--det_plot", help="write the DET curve to this PNG")
     parser.add_argument("--use_gpu", action="store_true", help="run the model on CUDA")
     parser.add_argument("--batch_size", type=int, help="utterances per batch (default: dataset_conf.eval_batch_size)")
@@ -76,6 +82,21 @@ def default_trials(config) -> Path:
                        f"nor {SHARED_DEV_TRIALS} exists")
 
 
+def embedding_windows(args, config) -> dict:
+    """The windows to embed with: the options, else the model config's; checked like the config's."""
+    data = config["dataset_conf"]
+    window = data["embed_window"] if args.window_seconds is None else args.window_seconds
+    if args.hop_seconds is not None:
+        hop = args.hop_seconds
+    else:
+        hop = data["embed_hop"] if args.window_seconds is None else window / 2
+    if not window > 0:
+        raise MVectorError(f"--window_seconds must be > 0, got {window}")
+    if not 0 < hop <= window:
+        raise MVectorError(f"--hop_seconds must be in (0, window={window}], got {hop}")
+    return {"window_seconds": window, "hop_seconds": hop}
+
+
 def run(args) -> dict:
     from mvector.config import load_config
     from mvector.evaluation import cohort_embeddings, evaluate_cross, evaluate_trials
@@ -93,6 +114,8 @@ def run(args) -> dict:
     if args.configs:
         dataset = load_config(args.configs)["dataset_conf"]
         config["dataset_conf"].update({key: dataset[key] for key in DATASET_PATH_KEYS})
+    windows = embedding_windows(args, config)
+    config["dataset_conf"].update(embed_window=windows["window_seconds"], embed_hop=windows["hop_seconds"])
 
     options = dict(batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
     cohort = None
@@ -110,9 +133,12 @@ def run(args) -> dict:
         if args.save_threshold and args.backend not in (None, "torch"):
             raise MVectorError("--save_threshold measures the threshold through the torch backend: drop --backend")
         if args.save_threshold:
+            if args.window_seconds is not None or args.hop_seconds is not None:
+                raise MVectorError("--save_threshold measures the threshold with the windows the model's "
+                                   "predictor uses (its config's): drop --window_seconds / --hop_seconds")
             return calibrate(model_dir, trials, progress=not args.no_progress, use_gpu=args.use_gpu)
         return predictor_trials(model_dir, trials, progress=not args.no_progress, use_gpu=args.use_gpu,
-                                backend=args.backend)
+                                backend=args.backend, **windows)
     return evaluate_trials(embedder, trials, config, device, **scoring)
 
 

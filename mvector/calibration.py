@@ -41,14 +41,17 @@ def predictor_embeddings(predictor, paths, progress=True) -> dict:
     return embeddings
 
 
-def predictor_trials(model_dir, trials_path, progress=True, use_gpu=False, backend="torch") -> dict:
+def predictor_trials(model_dir, trials_path, progress=True, use_gpu=False, backend="torch", window_seconds=None,
+                     hop_seconds=None) -> dict:
     """EER / MinDCF / threshold of a trial list, every file embedded through ``MVectorPredictor`` with
-    the given inference ``backend`` (e.g. to check an exported or int8 graph)."""
+    the given inference ``backend`` (e.g. to check an exported or int8 graph) and windows (None: the
+    model config's)."""
     from mvector.predict import MVectorPredictor
 
     paths1, paths2, labels = read_trials(trials_path)
     # The threshold is what this measures; the one given here only keeps the predictor from warning.
-    with MVectorPredictor(model_dir=model_dir, threshold=0.5, use_gpu=use_gpu, backend=backend) as predictor:
+    with MVectorPredictor(model_dir=model_dir, threshold=0.5, use_gpu=use_gpu, backend=backend,
+                          window_seconds=window_seconds, hop_seconds=hop_seconds) as predictor:
         embeddings = predictor_embeddings(predictor, paths1 + paths2, progress=progress)
     return score_trials(embeddings, paths1, paths2, labels, trials_path)
 

@@ -224,7 +224,29 @@ def test_eval_script_end_to_end_on_dev_trials(model_dir, tmp_path):
     assert FINAL_LINE.match(lines[-1]), lines[-1]
 
 
-@pytest.mark.parametrize("problem", ["missing model dir", "missing trials", "malformed trials", "half a pair"])
+def test_eval_script_windows_embed_alike_on_both_paths(tmp_path, capsys):
+    if not (DEV / "trials.tsv").is_file():
+        pytest.skip(f"shared dev data not found at {DEV}")
+    from predict_helpers import make_model_dir
+
+    model_dir = make_model_dir(tmp_path / "model")  # BatchNorm fitted to noise: embeddings that differ
+    rows = [line.split("\t") for line in (DEV / "trials.tsv").read_text(encoding="utf-8").splitlines()]
+    picked = [r for r in rows if r[2] == "1"][:4] + [r for r in rows if r[2] == "0"][:8]
+    trials = write_trials(tmp_path / "trials.tsv", [(DEV / a, DEV / b, label) for a, b, label in picked])
+    script = load_eval_script()
+
+    def threshold(*options):
+        assert script.main(["--model_dir", str(model_dir), "--trials", str(trials), "--num_workers", "0",
+                            "--no_progress", *options]) == 0
+        return float(FINAL_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])["threshold"])
+
+    batched = threshold("--window_seconds", "1.0")
+    assert threshold("--window_seconds", "1.0", "--backend", "torch") == pytest.approx(batched, abs=1e-4)
+    assert threshold() != pytest.approx(batched, abs=1e-3)  # the model's own 10 s windows: whole files here
+
+
+@pytest.mark.parametrize("problem", ["missing model dir", "missing trials", "malformed trials", "half a pair",
+                                     "hop over window", "threshold with other windows"])
 def test_eval_script_reports_bad_input_in_one_line(model_dir, tmp_path, capsys, problem):
     malformed = tmp_path / "bad.tsv"
     malformed.write_text("only-one-column\n", encoding="utf-8")
@@ -233,12 +255,16 @@ def test_eval_script_reports_bad_input_in_one_line(model_dir, tmp_path, capsys, 
         "missing trials": ["--model_dir", str(model_dir), "--trials", str(tmp_path / "none.tsv")],
         "malformed trials": ["--model_dir", str(model_dir), "--trials", str(malformed)],
         "half a pair": ["--model_dir", str(model_dir), "--enroll_list", str(malformed)],
+        "hop over window": ["--model_dir", str(model_dir), "--window_seconds", "2", "--hop_seconds", "3"],
+        "threshold with other windows": ["--model_dir", str(model_dir), "--trials", str(malformed),
+                                         "--save_threshold", "--window_seconds", "2"],
     }[problem]
     assert load_eval_script().main(argv + ["--no_progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("eval.py: error: "), err
     assert {"missing model dir": "model directory not found", "missing trials": "trials file not found",
-            "malformed trials": "bad.tsv:1", "half a pair": "go together"}[problem] in err[0]
+            "malformed trials": "bad.tsv:1", "half a pair": "go together", "hop over window": "--hop_seconds must be",
+            "threshold with other windows": "drop --window_seconds"}[problem] in err[0]
 
 
 def test_eval_script_without_model_dir_needs_a_shipped_model(tmp_path, capsys, monkeypatch):
