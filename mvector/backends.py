@@ -63,20 +63,11 @@ class TorchBackend:
         return model_fingerprint(self.model_dir)
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        step = self._micro_batch(waveforms.shape[1])
+        step = self.embedder.utterances_per_pass(waveforms.shape[1], self.device)
         with torch.inference_mode():
             parts = [self._embed(waveforms[i: i + step], lengths[i: i + step])
                      for i in range(0, len(waveforms), step)]
         return np.concatenate(parts)
-
-    def _micro_batch(self, num_samples: int) -> int:
-        """Utterances per forward pass. Some backbones (``cpu_batch_frames``) run slower per
-        utterance on the CPU once a pass's feature maps outgrow the caches, so their batches are
-        split there; on a GPU a batch is one pass."""
-        budget = getattr(self.embedder.backbone, "cpu_batch_frames", None)
-        if budget is None or self.device.type != "cpu":
-            return 1 << 30
-        return max(1, budget // max(1, self.embedder.featurizer.num_frames(num_samples)))
 
     def _embed(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         # A batch without padding needs no masks: the backbones skip every masking step when lengths

@@ -22,6 +22,16 @@ class SpeakerEmbedder(nn.Module):
     def embd_dim(self) -> int:
         return self.backbone.embd_dim
 
+    def utterances_per_pass(self, num_samples: int, device) -> int:
+        """How many utterances of ``num_samples`` to embed per forward pass on ``device``. Some
+        backbones (``cpu_batch_frames``: the 2-D ResNets) run slower per utterance on the CPU once a
+        pass's feature maps outgrow the caches, and their memory grows to gigabytes, so their batches
+        are split there; on a GPU a batch is one pass."""
+        budget = getattr(self.backbone, "cpu_batch_frames", None)
+        if budget is None or torch.device(device).type != "cpu":
+            return 1 << 30
+        return max(1, budget // max(1, self.featurizer.num_frames(num_samples)))
+
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor = None) -> torch.Tensor:
         """``waveforms[B, N]`` in [-1, 1] and sample ``lengths[B]`` -> raw embeddings ``[B, E]``."""
         features, frame_lengths = self.featurizer(waveforms, lengths)

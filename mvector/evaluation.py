@@ -168,11 +168,13 @@ def _report_failures(failures, total: int):
 def _embed_batch(embedder, paths, waves, lengths, owners, batch_size: int, embeddings: dict, failures: list):
     """Embed one batch of utterances into ``embeddings``: each is the renormalised mean of the
     normalised embeddings of its windows (rows of ``waves`` whose ``owners`` is its index in
-    ``paths``), run ``batch_size`` windows per pass. A batch the model refuses (audio too short for
-    it) is retried one utterance at a time so only the offending files are reported."""
+    ``paths``), run at most ``batch_size`` windows per pass (fewer where the embedder says so). A batch
+    the model refuses (audio too short for it) is retried one utterance at a time so only the
+    offending files are reported."""
+    step = min(batch_size, embedder.utterances_per_pass(waves.shape[1], waves.device))
     try:
-        vectors = torch.cat([embedder(waves[i: i + batch_size], lengths[i: i + batch_size]).float()
-                             for i in range(0, len(waves), batch_size)])
+        vectors = torch.cat([embedder(waves[i: i + step], lengths[i: i + step]).float()
+                             for i in range(0, len(waves), step)])
     except AudioError as exc:
         if len(paths) == 1:
             failures.append((paths[0], str(exc)))

@@ -72,6 +72,25 @@ def test_batched_embeddings_equal_one_by_one(embedder, corpus):
         np.testing.assert_allclose(batched[path], single[path], atol=2e-5)
 
 
+def test_backbones_that_ask_for_it_get_smaller_passes_on_the_cpu(embedder, corpus, monkeypatch):
+    # The 2-D ResNets (cpu_batch_frames) run batches of long recordings at gigabytes of feature maps
+    # on the CPU: extraction splits them as the predictor does, and the embeddings stay the same.
+    _, files, _, _ = corpus
+    paths = list(files.values())
+    whole = extract_embeddings(embedder, paths, batch_size=8, num_workers=0, progress=False)
+    passes = []
+    hook = embedder.backbone.register_forward_pre_hook(lambda module, args: passes.append(len(args[0])))
+    monkeypatch.setattr(embedder.backbone, "cpu_batch_frames", 120, raising=False)
+    try:
+        split = extract_embeddings(embedder, paths, batch_size=8, num_workers=0, progress=False)
+    finally:
+        hook.remove()
+    frames = embedder.featurizer.num_frames(int(16000 * 0.6))  # the shortest utterance
+    assert max(passes) <= max(1, 120 // frames) < 8
+    for path in paths:
+        np.testing.assert_allclose(split[path], whole[path], atol=2e-5)
+
+
 def test_unusable_files_are_skipped_and_reported(embedder, corpus, caplog):
     folder, files, corrupt, short = corpus
     missing = str(folder / "missing.wav")
