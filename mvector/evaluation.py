@@ -202,8 +202,9 @@ def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device
     seconds. One longer than ``window`` seconds is embedded as the mean of windows that long every
     ``hop`` seconds, as MVectorPredictor embeds it. ``normalize_db`` and ``vad`` are the dataset's
     loudness normalisation (dBFS or None) and VAD settings. ``durations`` (path -> seconds, e.g. from
-    a list's third column) saves reading headers. Files that cannot be used are logged (count and first names) and absent from the result.
-    The embedder must be on ``device``; it runs in eval mode and is put back in its mode afterwards.
+    a list's third column) saves reading headers. Files that cannot be used are logged (count and
+    first names) and absent from the result. The embedder must be on ``device``; it runs in eval
+    mode and is put back in its mode afterwards.
     """
     if batch_size < 1:
         raise MVectorError(f"batch_size must be >= 1, got {batch_size}")

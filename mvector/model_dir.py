@@ -126,6 +126,12 @@ def load_state_strict(module: torch.nn.Module, weights: dict, where: str) -> Non
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 
+def backbone_weights(weights: dict) -> dict:
+    """The embedding backbone's tensors of a flat state dict, keys kept: all a model directory needs
+    to embed (the classifier head and the rest serve training only)."""
+    return {k: v for k, v in weights.items() if k.startswith("backbone.")}
+
+
 def split_weights(weights: dict, prefix: str) -> dict:
     """The ``prefix.*`` part of a flat state dict, prefix removed."""
     start = prefix + "."
@@ -166,7 +172,7 @@ def average_model_dirs(paths, backbone_only: bool = False) -> tuple:
     def read(path):
         config, weights, state = read_model_dir(path)
         if backbone_only:
-            weights = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+            weights = backbone_weights(weights)
         return config, weights, state
 
     config, weights, state = read(paths[-1])

@@ -29,7 +29,8 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wm
 MAX_SECONDS = 6.0
 MIN_FILES = 4
 # Calibration files by default: on the default model 64 training files moved dev EER by 0.11 points
-# (4.43 % -> 4.54 %, whole-file embeddings), 192 by 0.07 (the whole export then takes about 20 s on the 2-core CPU).
+# (4.43 % -> 4.54 %, whole-file embeddings), 192 by 0.07 (the whole export then takes about 20 s on
+# the 2-core CPU).
 CALIBRATION_FILES = 192
 POOLING_WEIGHTS = "backbone.pooling."
 

@@ -47,7 +47,8 @@ from mvector.data import SpeakerCropDataset, build_train_loader  # noqa: E402
 from mvector.data_lists import create_data_lists  # noqa: E402
 from mvector.errors import ConfigError, MVectorError  # noqa: E402
 from mvector.evaluation import evaluate_trials, read_trials  # noqa: E402
-from mvector.model_dir import TRAINING_FILE, load_embedder, read_model_dir, save_model_dir  # noqa: E402
+from mvector.model_dir import (TRAINING_FILE, backbone_weights, load_embedder, read_model_dir,  # noqa: E402
+                               save_model_dir)
 from mvector.predict import MVectorPredictor  # noqa: E402
 from mvector.trainer import MVectorTrainer  # noqa: E402
 
@@ -210,7 +211,7 @@ def train(name: str, config: dict, args) -> dict:
     seconds = time.monotonic() - started
     steps_run = args.steps - resumed_step
     saved, weights, saved_state = read_model_dir(last)
-    save_model_dir(folder / FINAL_MODEL, {k: v for k, v in weights.items() if k.startswith("backbone.")}, saved,
+    save_model_dir(folder / FINAL_MODEL, backbone_weights(weights), saved,
                    {k: saved_state[k] for k in ("epoch", "step") if k in saved_state}, half=True)
     return {"device": str(trainer.device), "steps_per_epoch": trainer.steps_per_epoch,
             "epochs": round(args.steps / trainer.steps_per_epoch, 3), "final_lr": state.get("lr"),

@@ -3,9 +3,10 @@
     python scripts/package_pretrained.py --model_dir models/EcapaTdnn_Fbank/last_model \
         [--name EcapaTdnn_Fbank | --out_dir DIR] [--trials ../shared/data/dev/trials.tsv]
 
-Writes ``mvector/pretrained/<name>/`` (or ``--out_dir``) with the backbone's weights in fp16 (the classifier and the
-training state are not needed to embed), the config and model.state, then measures the EER
-threshold through MVectorPredictor on the trials (eval.py --save_threshold) and stores it there.
+Writes ``mvector/pretrained/<name>/`` (or ``--out_dir``) with the backbone's weights in fp16 (the
+classifier and the training state are not needed to embed), the config and model.state, then
+measures the EER threshold through MVectorPredictor on the trials (eval.py --save_threshold) and
+stores it there.
 """
 import argparse
 import json
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mvector.calibration import calibrate  # noqa: E402
-from mvector.model_dir import read_model_dir, save_model_dir  # noqa: E402
+from mvector.model_dir import backbone_weights, read_model_dir, save_model_dir  # noqa: E402
 
 KEEP_STATE = ("epoch", "step", "num_classes", "margin")
 
@@ -30,10 +31,9 @@ def main(argv=None) -> int:
                         help="trial list the threshold is measured on")
     args = parser.parse_args(argv)
     config, weights, state = read_model_dir(args.model_dir)
-    backbone = {k: v for k, v in weights.items() if k.startswith("backbone.")}
     out = Path(args.out_dir) if args.out_dir else ROOT / "mvector" / "pretrained" / args.name
     kept = {k: state[k] for k in KEEP_STATE if k in state}
-    save_model_dir(out, backbone, config, kept, half=True)
+    save_model_dir(out, backbone_weights(weights), config, kept, half=True)
     result = calibrate(out, args.trials)
     print(json.dumps({"model_dir": str(out), **result}, indent=2))
     return 0
