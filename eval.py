@@ -44,7 +44,8 @@ def parse_args(argv=None):
                         help="embed through MVectorPredictor (the path users call) and store the EER "
                              "threshold, EER and MinDCF in the model's model.state")
     parser.add_argument("--backend", help="embed through MVectorPredictor with this inference backend "
-                                           "(torch, onnx, onnx-int8) instead of batched extraction, e.g. to "
+                                           "(torch, onnx, openvino, onnx-int8, openvino-int8) instead of batched "
+                                           "extraction, e.g. to "
                                            "check an exported or int8 graph on the trials")
     return parser.parse_args(argv)
 

@@ -19,7 +19,8 @@ def parse_args(argv=None):
                         help=f"comma-separated, from: {', '.join(EXPORT_FORMATS)}")
     parser.add_argument("--int8_calibration",
                         help="folder or list (path<TAB>label) of speech: also write model.int8.onnx, the "
-                             "convolutions quantized to int8 (run it with backend='onnx-int8')")
+                             "convolutions quantized to int8 (run it with backend='onnx-int8' or "
+                             "'openvino-int8')")
     return parser.parse_args(argv)
 
 

@@ -20,9 +20,10 @@ setup(
     install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
     extras_require={
-        "test": ["pytest", "kaldi-native-fbank", "httpx", "onnx", "onnxscript", "onnxruntime",
+        "test": ["pytest", "kaldi-native-fbank", "httpx", "onnx", "onnxscript", "onnxruntime", "openvino",
                  "fastapi", "uvicorn", "python-multipart", "selenium"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "openvino": ["onnx", "onnxscript", "openvino"],  # the exporter needs onnx and onnxscript
         "server": ["fastapi", "uvicorn", "python-multipart"],
     },
     classifiers=[

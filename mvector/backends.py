@@ -5,6 +5,7 @@ Every backend is built from a model directory and called as
 out), with ``sample_rate``, ``embd_dim``, ``config``, ``state`` and ``fingerprint()``. The feature
 front-end is inside each one, so the predictor never pairs weights with another front-end.
 """
+import threading
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ INPUT_NAMES = ("waveforms", "lengths")
 OUTPUT_NAME = "embeddings"
 
 ONNX_INSTALL_HINT = "ONNX needs onnx, onnxscript and onnxruntime: pip install 'mvector[onnx]'"
+OPENVINO_INSTALL_HINT = "the OpenVINO backends need openvino: pip install 'mvector[openvino]'"
 
 
 def torch_device(use_gpu: bool) -> torch.device:
@@ -95,26 +97,51 @@ def import_onnxruntime():
     return onnxruntime
 
 
-@BACKENDS.register(name="onnx")
-class OnnxBackend:
-    """An exported ONNX graph (``mvector.export``, front-end inside) run by ONNX Runtime.
+class ExportedGraphBackend:
+    """An exported graph (``mvector.export``, front-end inside) run by an inference engine; the
+    subclasses name the engine.
 
-    ``onnx_path`` defaults to ``model.onnx`` in the model directory. The directory's weights,
+    ``onnx_path`` defaults to ``default_file`` in the model directory. The directory's weights,
     config and state are still read: they validate the front-end and give the fingerprint, so
-    voiceprints enrolled with either backend stay comparable.
+    voiceprints enrolled with any backend stay comparable.
     """
 
     default_file = ONNX_FILE
     how_to_write = "export_model.py --model_dir {model_dir} --formats onnx"
 
     def __init__(self, model_dir, use_gpu: bool = False, onnx_path=None):
-        ort = import_onnxruntime()
         self.model_dir = Path(model_dir)
         self.config, _, self.state = read_model_dir(self.model_dir)
         self.onnx_path = Path(onnx_path) if onnx_path is not None else self.model_dir / self.default_file
         if not self.onnx_path.is_file():
             raise MVectorError(f"{self.onnx_path}: ONNX file not found; write it with "
                                f"{self.how_to_write.format(model_dir=self.model_dir)} or pass onnx_path")
+        inputs, outputs, self.embd_dim = self._open(use_gpu)
+        if inputs != INPUT_NAMES or outputs != (OUTPUT_NAME,):
+            raise ModelMismatchError(f"{self.onnx_path}: expected inputs {INPUT_NAMES} and output {OUTPUT_NAME!r}, "
+                                     f"got inputs {inputs} and outputs {outputs}; was it written by mvector.export?")
+        if not isinstance(self.embd_dim, int):
+            raise ModelMismatchError(f"{self.onnx_path}: the embedding size is not fixed in the graph")
+        self.sample_rate = build_featurizer(self.config).sample_rate
+
+    def _open(self, use_gpu: bool) -> tuple:
+        """Load ``self.onnx_path``; return (input names, output names, embedding size or None)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model_dir)
+
+    @staticmethod
+    def _feeds(waveforms: np.ndarray, lengths: np.ndarray) -> dict:
+        return dict(zip(INPUT_NAMES, (waveforms, lengths.astype(np.int64, copy=False))))
+
+
+@BACKENDS.register(name="onnx")
+class OnnxBackend(ExportedGraphBackend):
+    """The exported ``model.onnx`` run by ONNX Runtime, on the CPU or (``use_gpu``) CUDA."""
+
+    def _open(self, use_gpu: bool) -> tuple:
+        ort = import_onnxruntime()
         provider = "CUDAExecutionProvider" if use_gpu else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
             raise MVectorError(f"use_gpu={use_gpu}: ONNX Runtime has no {provider} here "
@@ -123,29 +150,71 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(self.onnx_path), providers=[provider])
         except Exception as exc:  # corrupt or foreign file: name it
             raise ModelMismatchError(f"{self.onnx_path}: cannot load the ONNX model ({exc})") from None
-        inputs = tuple(i.name for i in self.session.get_inputs())
-        outputs = tuple(o.name for o in self.session.get_outputs())
-        if inputs != INPUT_NAMES or outputs != (OUTPUT_NAME,):
-            raise ModelMismatchError(f"{self.onnx_path}: expected inputs {INPUT_NAMES} and output {OUTPUT_NAME!r}, "
-                                     f"got inputs {inputs} and outputs {outputs}; was it written by mvector.export?")
-        self.sample_rate = build_featurizer(self.config).sample_rate
-        self.embd_dim = self.session.get_outputs()[0].shape[1]
-        if not isinstance(self.embd_dim, int):
-            raise ModelMismatchError(f"{self.onnx_path}: the embedding size is not fixed in the graph")
-
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.model_dir)
+        outputs = self.session.get_outputs()
+        embd_dim = outputs[0].shape[1] if len(outputs[0].shape) == 2 else None
+        return tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in outputs), embd_dim
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        feeds = dict(zip(INPUT_NAMES, (waveforms, lengths.astype(np.int64, copy=False))))
-        return self.session.run([OUTPUT_NAME], feeds)[0]
+        return self.session.run([OUTPUT_NAME], self._feeds(waveforms, lengths))[0]
 
 
-@BACKENDS.register(name="onnx-int8")
-class Int8OnnxBackend(OnnxBackend):
-    """The int8 graph ``model.int8.onnx`` (``mvector.quantize``: convolutions in int8, calibrated on
-    speech, checked at export to stay within cosine 0.99 of float32 on held-out calibration files)
-    run by ONNX Runtime."""
+class Int8Graph:
+    """Mixin: the int8 graph ``model.int8.onnx`` (``mvector.quantize``: convolutions in int8,
+    calibrated on speech, checked at export to stay within cosine 0.99 of float32 on held-out
+    calibration files)."""
 
     default_file = INT8_ONNX_FILE
     how_to_write = "export_model.py --model_dir {model_dir} --formats onnx --int8_calibration AUDIO"
+
+
+@BACKENDS.register(name="onnx-int8")
+class Int8OnnxBackend(Int8Graph, OnnxBackend):
+    """The int8 graph run by ONNX Runtime."""
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise MVectorError(f"openvino is not installed; {OPENVINO_INSTALL_HINT}") from None
+    return openvino
+
+
+@BACKENDS.register(name="openvino")
+class OpenVinoBackend(ExportedGraphBackend):
+    """The exported ``model.onnx`` compiled by OpenVINO for the CPU: the fastest float32 path on
+    x86 CPUs (bench/infer_cpu.py), with the same embeddings as ONNX Runtime.
+
+    Inference precision is pinned to float32: on CPUs with bf16 units OpenVINO would otherwise
+    compute in bf16 and the embeddings would drift from the weights' own.
+    """
+
+    def _open(self, use_gpu: bool) -> tuple:
+        if use_gpu:
+            raise MVectorError("use_gpu=True: the OpenVINO backends run on the CPU; "
+                               "use backend='torch' or 'onnx' on a CUDA GPU")
+        ov = import_openvino()
+        try:
+            core = ov.Core()
+            model = core.read_model(str(self.onnx_path))
+            self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                               "PERFORMANCE_HINT": "LATENCY"})
+        except Exception as exc:  # corrupt or foreign file: name it
+            raise ModelMismatchError(f"{self.onnx_path}: cannot load the ONNX model ({exc})") from None
+        # One infer request reused under a lock: a request is not thread-safe, and the server calls
+        # the predictor from several threads.
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+        last = model.outputs[0].get_partial_shape()
+        embd_dim = last[1].get_length() if last.rank.is_static and len(last) == 2 and last[1].is_static else None
+        return (tuple(i.get_any_name() for i in model.inputs), tuple(o.get_any_name() for o in model.outputs),
+                embd_dim)
+
+    def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._request.infer(self._feeds(waveforms, lengths))[OUTPUT_NAME]
+
+
+@BACKENDS.register(name="openvino-int8")
+class Int8OpenVinoBackend(Int8Graph, OpenVinoBackend):
+    """The int8 graph compiled by OpenVINO (int8 kernels where the CPU has them, e.g. VNNI)."""

@@ -56,8 +56,9 @@ class MVectorPredictor:
     ``hop_seconds``: sliding windows for long recordings (None: the model config's
     ``dataset_conf.embed_window`` / ``embed_hop``, with which its EER threshold was measured);
     ``batch_size``: utterances or windows per forward pass. ``backend``: 'torch', 'onnx' (an
-    exported ``model.onnx``, found in ``model_dir`` or given as ``onnx_path``) or 'onnx-int8'
-    (``model.int8.onnx``, ``mvector.quantize``).
+    exported ``model.onnx``, found in ``model_dir`` or given as ``onnx_path``, run by ONNX
+    Runtime), 'openvino' (the same file compiled by OpenVINO: the fastest float32 path on x86
+    CPUs) or 'onnx-int8' / 'openvino-int8' (``model.int8.onnx``, ``mvector.quantize``).
     ``fuse_batchnorm`` (torch backend): BatchNorms are folded into the convolutions before them at
     load, checked to give the same embeddings (5-25 % faster on the CPU for the backbones that have
     such pairs; ECAPA-TDNN has none). None (default): fold where that check passes; True: fold or

@@ -8,7 +8,8 @@ embedding layer stay float32, where 8 bits would cost accuracy and save little t
 The result is checked before it is written: on held-out calibration utterances, the int8 graph's
 embeddings must keep a cosine of at least ``MIN_COSINE`` to the float32 graph's, or nothing is
 written and the error names the cosine reached. Run it with ``MVectorPredictor(model_dir,
-backend='onnx-int8')``.
+backend='onnx-int8')`` (ONNX Runtime) or ``backend='openvino-int8'`` (OpenVINO, which reads the same
+QDQ graph).
 """
 import os
 import tempfile

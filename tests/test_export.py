@@ -1,4 +1,8 @@
-"""Exported graphs (ONNX, TorchScript, torch.export) give PyTorch's embeddings on real speech."""
+"""Exported graphs (ONNX under ONNX Runtime or OpenVINO, TorchScript, torch.export) give PyTorch's
+embeddings on real speech."""
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +100,36 @@ def test_onnx_path_can_be_given_and_a_missing_or_broken_file_is_named(onnx_dir, 
         MVectorPredictor(model_dir, backend="onnx", onnx_path=broken)
     with pytest.raises(ConfigError, match="onnx_path"):
         MVectorPredictor(model_dir, onnx_path=onnx_dir / ONNX_FILE)  # the torch backend takes no ONNX file
+
+
+def test_openvino_matches_pytorch_on_real_speech(onnx_dir, speech):
+    pytest.importorskip("openvino")
+    waves, expected = speech
+    predictor = MVectorPredictor(onnx_dir, backend="openvino", batch_size=2)  # padded batches, as above
+    assert predictor.threshold == 0.42 and predictor.embd_dim == expected.shape[1]
+    assert_same_embeddings(predictor.embed_waveforms(waves), expected)
+
+
+def test_openvino_serves_several_threads_with_the_same_embeddings(onnx_dir, speech):
+    pytest.importorskip("openvino")
+    waves, expected = speech
+    predictor = MVectorPredictor(onnx_dir, backend="openvino")
+    with ThreadPoolExecutor(4) as pool:  # the server calls one predictor from several threads
+        got = list(pool.map(lambda i: predictor.embed_waveforms([waves[i % len(waves)]])[0], range(12)))
+    assert_same_embeddings(got, np.stack([expected[i % len(waves)] for i in range(12)]))
+
+
+def test_openvino_refuses_a_gpu_a_broken_file_and_a_missing_install(onnx_dir, model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    with pytest.raises(MVectorError, match="use_gpu=True: the OpenVINO backends run on the CPU"):
+        MVectorPredictor(onnx_dir, backend="openvino", use_gpu=True)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(ModelMismatchError, match="broken.onnx: cannot load the ONNX model"):
+        MVectorPredictor(model_dir, backend="openvino", onnx_path=broken)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    with pytest.raises(MVectorError, match=r"openvino is not installed.*pip install 'mvector\[openvino\]'"):
+        MVectorPredictor(onnx_dir, backend="openvino")
 
 
 def test_torch_export_program_matches_pytorch(onnx_dir, speech):

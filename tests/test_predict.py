@@ -219,7 +219,7 @@ def test_minimum_duration(predictor):
 
 
 def test_bad_arguments_are_config_errors(model_dir):
-    with pytest.raises(ConfigError, match="valid names: onnx, onnx-int8, torch"):
+    with pytest.raises(ConfigError, match="valid names: onnx, onnx-int8, openvino, openvino-int8, torch"):
         MVectorPredictor(model_dir, backend="tensorflow")
     with pytest.raises(ConfigError, match="hop_seconds"):
         MVectorPredictor(model_dir, hop_seconds=20.0)
