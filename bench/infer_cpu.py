@@ -1,7 +1,8 @@
 """Benchmark: CPU inference speed of the six backbones, feature extraction included.
 
     python bench/infer_cpu.py [--backbones CAMPPlus TDNN] [--repeats 5] [--threads 2]
-                              [--paths eager fused onnx onnx-int8] [--calibration LIST_OR_FOLDER]
+                              [--paths eager fused onnx openvino onnx-int8 openvino-int8]
+                              [--calibration LIST_OR_FOLDER]
                               [--peer-python /work/peer_venv/bin/python]
 
 For each backbone (its config in configs/, random weights) and each shape (one 3 s utterance,
@@ -9,11 +10,13 @@ For each backbone (its config in configs/, random weights) and each shape (one 3
 ``predict_batch`` on numpy arrays, i.e. the whole user-facing path: loudness normalisation,
 padding, Fbank, backbone, L2 normalisation. Paths: ``eager`` (the torch backend as shipped),
 ``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.fuse_batchnorm``),
-``onnx`` (``mvector.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``) and
-``onnx-int8`` (the same graph with its convolutions quantized, ``mvector.quantize``, calibrated on
-``--calibration`` speech).
+``onnx`` (``mvector.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``),
+``openvino`` (the same graph compiled by OpenVINO, float32, ``INFERENCE_NUM_THREADS=--threads``)
+and ``onnx-int8`` / ``openvino-int8`` (the graph with its convolutions quantized,
+``mvector.quantize``, calibrated on ``--calibration`` speech, under either engine).
 
-One figure per line, the value last: ``<backbone> <path> <shape> <metric> <value>``:
+One figure per line, the value last: ``<backbone> <path> <shape> <metric> <value>``; the first line,
+``cpu isa - extensions ...``, names the CPU's vector extensions, which decide the figures:
   xRT            seconds of audio embedded per wall second (median of --repeats calls, after warm-up)
   GFLOPs         model FLOPs of one call (torch.utils.flop_counter on the eager path) / median time
   peak_fraction  that GFLOP/s over the fp32 matmul peak measured at the start of the same run
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mvector.backends import INT8_ONNX_FILE, ONNX_FILE, import_onnxruntime  # noqa: E402
+from mvector.backends import import_onnxruntime, import_openvino  # noqa: E402
 from mvector.config import load_config  # noqa: E402
 from mvector.embedder import build_embedder  # noqa: E402
 from mvector.errors import MVectorError  # noqa: E402
@@ -80,6 +83,16 @@ def make_workload() -> dict:
             for i, (shape, (count, seconds)) in enumerate(SHAPES.items())}
 
 
+def cpu_extensions() -> str:
+    """The vector extensions that decide these figures (from /proc/cpuinfo; 'unknown' elsewhere)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return ",".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+                    if f in flags) or "none"
+
+
 def matmul_peak_gflops(repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of a large square matmul on the current torch thread count."""
     a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
@@ -115,32 +128,61 @@ def fused_path(model_dir, workdir, threads, calibration):
     return MVectorPredictor(model_dir, fuse_batchnorm=True)
 
 
-def _onnx_predictor(model_dir, out_dir, threads, backend, graph_file, calibration=None):
-    # torch's exporter warns about torchvision operators it skips registering: noise here.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    export_model(model_dir, out_dir, formats=("onnx",), int8_calibration=calibration)
-    predictor = MVectorPredictor(out_dir, backend=backend)
+def _onnx_runtime_threads(backend, threads):
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # The backend's session uses ONNX Runtime's default thread count; this one uses --threads.
-    predictor._backend.session = ort.InferenceSession(str(out_dir / graph_file), sess_options=options,
-                                                      providers=["CPUExecutionProvider"])
+    backend.session = ort.InferenceSession(str(backend.onnx_path), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+
+
+def _openvino_threads(backend, threads):
+    backend._compiled = import_openvino().Core().compile_model(
+        str(backend.onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                                        "INFERENCE_NUM_THREADS": threads})
+    backend._request = backend._compiled.create_infer_request()
+
+
+# The backends use their engine's default thread count; the bench pins --threads.
+PIN_THREADS = {"onnx": _onnx_runtime_threads, "onnx-int8": _onnx_runtime_threads,
+               "openvino": _openvino_threads, "openvino-int8": _openvino_threads}
+
+
+def _exported_predictor(model_dir, workdir, threads, backend, calibration=None):
+    # torch's exporter warns about torchvision operators it skips registering: noise here.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    out_dir = Path(workdir) / backend
+    export_model(model_dir, out_dir, formats=("onnx",), int8_calibration=calibration)
+    predictor = MVectorPredictor(out_dir, backend=backend)
+    PIN_THREADS[backend](predictor._backend, threads)
     return predictor
+
+
+def _needs_calibration(calibration):
+    if calibration is None:
+        raise MVectorError("no --calibration audio (the training list of ../shared/data is used when present)")
+    return calibration
 
 
 @PATHS.register(name="onnx")
 def onnx_path(model_dir, workdir, threads, calibration):
-    return _onnx_predictor(model_dir, Path(workdir) / "onnx", threads, "onnx", ONNX_FILE)
+    return _exported_predictor(model_dir, workdir, threads, "onnx")
+
+
+@PATHS.register(name="openvino")
+def openvino_path(model_dir, workdir, threads, calibration):
+    return _exported_predictor(model_dir, workdir, threads, "openvino")
 
 
 @PATHS.register(name="onnx-int8")
 def onnx_int8_path(model_dir, workdir, threads, calibration):
-    if calibration is None:
-        raise MVectorError("no --calibration audio (the training list of ../shared/data is used when present)")
-    return _onnx_predictor(model_dir, Path(workdir) / "onnx-int8", threads, "onnx-int8", INT8_ONNX_FILE,
-                           calibration)
+    return _exported_predictor(model_dir, workdir, threads, "onnx-int8", _needs_calibration(calibration))
+
+
+@PATHS.register(name="openvino-int8")
+def openvino_int8_path(model_dir, workdir, threads, calibration):
+    return _exported_predictor(model_dir, workdir, threads, "openvino-int8", _needs_calibration(calibration))
 
 
 def time_path(predictor, workload, repeats):
@@ -240,6 +282,7 @@ def main():
     # Eager first: the other paths' cosines are against its embeddings.
     args.paths = [path for path in PATHS if path in args.paths]
     torch.set_num_threads(args.threads)
+    figure("cpu", "isa", "-", "extensions", cpu_extensions())
     peak = matmul_peak_gflops()
     figure("matmul", "fp32", f"{MATMUL_SIZE}x{MATMUL_SIZE}", "peak_GFLOPs", f"{peak:.1f}")
     workload = make_workload()
