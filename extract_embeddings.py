@@ -8,7 +8,7 @@ are relative to the list's folder. Unusable files are reported and skipped.
 import argparse
 import sys
 
-from mvector.cli import extract, run_cli
+from mvector.cli import add_backend_argument, extract, run_cli
 
 
 def parse_args(argv=None):
@@ -18,10 +18,11 @@ def parse_args(argv=None):
     parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
     parser.add_argument("--batch_size", type=int, default=16, help="utterances per forward pass")
     parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
+    add_backend_argument(parser)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
     sys.exit(run_cli(extract, args.list, args.out, model_dir=args.model_dir, batch_size=args.batch_size,
-                     use_gpu=args.use_gpu))
+                     use_gpu=args.use_gpu, backend=args.backend))

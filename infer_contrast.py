@@ -5,7 +5,7 @@
 import argparse
 import sys
 
-from mvector.cli import contrast, run_cli
+from mvector.cli import add_backend_argument, contrast, run_cli
 
 
 def parse_args(argv=None):
@@ -16,10 +16,11 @@ def parse_args(argv=None):
                         help="same-speaker threshold on the cosine similarity (default: the model's EER threshold)")
     parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
     parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
+    add_backend_argument(parser)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
     sys.exit(run_cli(contrast, args.audio_path1, args.audio_path2, model_dir=args.model_dir,
-                     threshold=args.threshold, use_gpu=args.use_gpu))
+                     threshold=args.threshold, use_gpu=args.use_gpu, backend=args.backend))

@@ -5,6 +5,7 @@ every request when listening beyond loopback (it refuses to start there without 
 import argparse
 import sys
 
+from mvector.cli import add_backend_argument
 from mvector.server.serve import serve
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_concurrency", type=int, default=2,
                         help="decoding and model jobs running at once (default 2)")
     parser.add_argument("--use_gpu", action="store_true", help="run the model on a CUDA GPU")
+    add_backend_argument(parser)
     return parser
 
 

@@ -35,11 +35,18 @@ def run_cli(command, *args, **kwargs) -> int:
     return 0
 
 
-def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False):
+def add_backend_argument(parser) -> None:
+    """``--backend`` for the scripts that embed through MVectorPredictor."""
+    parser.add_argument("--backend", default="torch",
+                        help="inference backend: torch (default); for a directory written by export_model.py "
+                             "also onnx, openvino (the fastest float32 path on x86 CPUs), onnx-int8, openvino-int8")
+
+
+def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False, backend="torch"):
     """Print the similarity of two recordings and the same-speaker decision."""
     from mvector.predict import MVectorPredictor
 
-    predictor = MVectorPredictor(model_dir=model_dir, threshold=threshold, use_gpu=use_gpu)
+    predictor = MVectorPredictor(model_dir=model_dir, threshold=threshold, use_gpu=use_gpu, backend=backend)
     same, score = predictor.verify(audio_path1, audio_path2)
     print(f"similarity: {score:.4f}  threshold: {predictor.threshold:.4f}  same speaker: {'yes' if same else 'no'}")
 
@@ -60,12 +67,12 @@ def export(model_dir, out_dir, formats, int8_calibration=None):
         print(f"{name}: {path}")
 
 
-def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True):
+def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True, backend="torch"):
     """Embed every file of a list into an .npz; unusable files are reported on stderr and skipped."""
     from mvector.extract import describe_failures, extract_to_npz
     from mvector.predict import MVectorPredictor
 
-    predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu, batch_size=batch_size)
+    predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu, batch_size=batch_size, backend=backend)
     written, total, failures = extract_to_npz(predictor, list_path, out_path, progress=progress)
     if failures:
         print(describe_failures(failures, total), file=sys.stderr)

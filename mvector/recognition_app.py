@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from mvector import microphone
+from mvector.cli import add_backend_argument
 from mvector.errors import AudioError, MVectorError
 
 EXIT_OK = 0
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="same-speaker cosine threshold (default: the model's EER threshold)")
     parser.add_argument("--use_gpu", action="store_true", help="run the model on a CUDA GPU")
+    add_backend_argument(parser)
     return parser
 
 
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
         from mvector.predict import MVectorPredictor
 
         with MVectorPredictor(model_dir=args.model_dir, audio_db_path=args.audio_db_path,
-                              threshold=args.threshold, use_gpu=args.use_gpu) as predictor:
+                              threshold=args.threshold, use_gpu=args.use_gpu, backend=args.backend) as predictor:
             app = RecognitionApp(predictor, seconds=args.seconds)
             if args.register is not None:
                 return app.register(args.register, args.audio)

@@ -49,6 +49,8 @@ def setup(tmp_path_factory):
                     "--model_dir", str(model), "--batch_size", "2"],
         "extract_all_bad": ["extract_embeddings.py", "--list", str(all_bad), "--out", str(folder / "none.npz"),
                             "--model_dir", str(model)],
+        "unknown_backend": contrast + ["--audio_path1", a, "--audio_path2", b, "--backend", "tensorrt"],
+        "not_exported": contrast + ["--audio_path1", a, "--audio_path2", b, "--backend", "openvino"],
         "quick_check": ["-m", "mvector"],
         "quick_compare": ["-m", "mvector", "--model_dir", str(model), "--audio_path1", a, "--audio_path2", b],
     }
@@ -96,6 +98,29 @@ def test_bad_file_is_one_line_naming_the_file_and_the_problem(setup, kind):
     assert code == 2 and out == ""
     line = _one_error_line(err)
     assert path in line and problem in line
+
+
+def test_backend_errors_are_one_line_naming_the_choices_or_the_missing_file(setup):
+    code, _, err = setup["results"]["unknown_backend"]
+    line = _one_error_line(err)
+    assert code == 2 and "unknown inference backend 'tensorrt'" in line and "openvino" in line
+    code, _, err = setup["results"]["not_exported"]
+    line = _one_error_line(err)
+    assert code == 2 and str(setup["model"] / "model.onnx") in line and "export_model.py" in line
+
+
+def test_contrast_through_an_exported_graph_gives_the_torch_score(setup, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    from mvector.cli import contrast, run_cli
+    from mvector.export import export_model
+
+    exported = tmp_path / "exported"
+    export_model(setup["model"], exported, "onnx")
+    a, b, _ = setup["files"]
+    assert run_cli(contrast, a, b, model_dir=exported, backend="openvino") == 0
+    match = SIMILARITY_LINE.match(capsys.readouterr().out.strip())
+    assert float(match[1]) == pytest.approx(MVectorPredictor(setup["model"]).contrast(a, b), abs=1e-4)
 
 
 def test_no_model_is_one_clear_line(tmp_path, monkeypatch, capsys):

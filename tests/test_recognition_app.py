@@ -56,6 +56,24 @@ def test_scripted_register_recognize_list_remove(tmp_path, model_dir, utterances
     assert run(capsys, "--list", *common)[:2] == (EXIT_OK, "")  # nothing for a script to misread
 
 
+def test_voices_enrolled_with_torch_are_recognised_through_openvino(tmp_path, model_dir, utterances, capsys):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    from mvector.export import export_model
+
+    exported = tmp_path / "exported"
+    export_model(model_dir, exported, "onnx")
+    a1, _, b1 = utterances
+    common = ["--model_dir", exported, "--audio_db_path", tmp_path / "db"]
+    assert run(capsys, "--register", "alice", "--audio", a1, *common)[0] == EXIT_OK  # torch backend
+    assert run(capsys, "--register", "bob", "--audio", b1, *common, "--backend", "openvino")[0] == EXIT_OK
+    # One library, one model fingerprint: each backend finds the voice the other enrolled.
+    code, out, _ = run(capsys, "--recognize", "--audio", a1, *common, "--backend", "openvino")
+    assert code == EXIT_OK and out.startswith("Recognised: alice (score 1.0000)")
+    code, out, _ = run(capsys, "--recognize", "--audio", b1, *common)
+    assert code == EXIT_OK and out.startswith("Recognised: bob (score 1.0000)")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--register", "../x"], "user name '../x' contains a path separator"),
     (["--register", "  "], "is empty"),

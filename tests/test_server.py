@@ -132,6 +132,17 @@ def test_refuses_to_listen_beyond_loopback_without_a_key(model_dir, tmp_path):
     assert not (tmp_path / "db").exists()  # refused before anything was opened
 
 
+def test_an_unknown_backend_is_one_line_and_nothing_is_opened(model_dir, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "infer_server.py"), "--port", str(free_port()),
+                             "--model_dir", str(model_dir), "--audio_db_path", str(tmp_path / "db"),
+                             "--backend", "tensorrt"],
+                            cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown inference backend 'tensorrt'" in lines[0] and "openvino" in lines[0]
+    assert not (tmp_path / "db").exists()
+
+
 def test_bad_uploads(client, utterances):
     def register(content, name="carol", filename="x.wav"):
         return client.post("/register", headers=AUTH, files={"audio": (filename, content)}, data={"name": name})
