@@ -139,8 +139,7 @@ def _onnx_runtime_threads(backend, threads):
 
 def _openvino_threads(backend, threads):
     backend._compiled = import_openvino().Core().compile_model(
-        str(backend.onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                                        "INFERENCE_NUM_THREADS": threads})
+        str(backend.onnx_path), "CPU", dict(backend.compile_options, INFERENCE_NUM_THREADS=threads))
     backend._request = backend._compiled.create_infer_request()
 
 

@@ -189,6 +189,8 @@ class OpenVinoBackend(ExportedGraphBackend):
     compute in bf16 and the embeddings would drift from the weights' own.
     """
 
+    compile_options = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
     def _open(self, use_gpu: bool) -> tuple:
         if use_gpu:
             raise MVectorError("use_gpu=True: the OpenVINO backends run on the CPU; "
@@ -197,8 +199,7 @@ class OpenVinoBackend(ExportedGraphBackend):
         try:
             core = ov.Core()
             model = core.read_model(str(self.onnx_path))
-            self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                               "PERFORMANCE_HINT": "LATENCY"})
+            self._compiled = core.compile_model(model, "CPU", self.compile_options)
         except Exception as exc:  # corrupt or foreign file: name it
             raise ModelMismatchError(f"{self.onnx_path}: cannot load the ONNX model ({exc})") from None
         # One infer request reused under a lock: a request is not thread-safe, and the server calls
