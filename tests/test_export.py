@@ -1,5 +1,6 @@
 """Exported graphs (ONNX under ONNX Runtime or OpenVINO, TorchScript, torch.export) give PyTorch's
 embeddings on real speech."""
+import importlib.util
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvector.backends import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME
+from mvector.backends import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OpenVinoBackend
 from mvector.cli import export, run_cli
 from mvector.config import load_config
 from mvector.embedder import build_embedder
@@ -188,10 +189,15 @@ def test_every_backbone_exports_to_onnx_matching_pytorch_at_unseen_lengths(confi
     model_dir = save_model_dir(tmp_path / "model", weights, config, {"threshold": 0.5})
     path = export_model(model_dir, tmp_path / "exported", "onnx")["onnx"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    engines = {"onnxruntime": lambda feeds: session.run([OUTPUT_NAME], feeds)[0]}
+    if importlib.util.find_spec("openvino") is not None:  # the same graph under OpenVINO, when installed
+        openvino = OpenVinoBackend(tmp_path / "exported", onnx_path=path)
+        engines["openvino"] = lambda feeds: openvino(*feeds.values())
     embedder, _, _ = load_embedder(model_dir, "cpu")
     for seed, seconds in enumerate(ONNX_CHECK_SECONDS):
         waves, lengths = padded([coloured_noise(s, seed=10 * seed + i) for i, s in enumerate(seconds)])
         with torch.inference_mode():
             expected = torch.nn.functional.normalize(embedder(waves, lengths), dim=1).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: waves.numpy(), INPUT_NAMES[1]: lengths.numpy()})[0]
-        assert_same_embeddings(got, expected)
+        feeds = {INPUT_NAMES[0]: waves.numpy(), INPUT_NAMES[1]: lengths.numpy()}
+        for run in engines.values():
+            assert_same_embeddings(run(feeds), expected)
