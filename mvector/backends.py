@@ -24,6 +24,8 @@ ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"  # written by mvector.quantize
 INPUT_NAMES = ("waveforms", "lengths")
 OUTPUT_NAME = "embeddings"
+# Metadata key of an exported graph: the fingerprint of the model directory it was exported from.
+FINGERPRINT_KEY = "mvector_fingerprint"
 
 ONNX_INSTALL_HINT = "ONNX needs onnx, onnxscript and onnxruntime: pip install 'mvector[onnx]'"
 OPENVINO_INSTALL_HINT = "the OpenVINO backends need openvino: pip install 'mvector[openvino]'"
@@ -103,7 +105,9 @@ class ExportedGraphBackend:
 
     ``onnx_path`` defaults to ``default_file`` in the model directory. The directory's weights,
     config and state are still read: they validate the front-end and give the fingerprint, so
-    voiceprints enrolled with any backend stay comparable.
+    voiceprints enrolled with any backend stay comparable. The graph must record that same
+    fingerprint (``mvector.export`` writes it), so a graph of other weights, e.g. after retraining
+    into the same folder, is refused rather than mixed into a voiceprint library.
     """
 
     default_file = ONNX_FILE
@@ -116,7 +120,14 @@ class ExportedGraphBackend:
         if not self.onnx_path.is_file():
             raise MVectorError(f"{self.onnx_path}: ONNX file not found; write it with "
                                f"{self.how_to_write.format(model_dir=self.model_dir)} or pass onnx_path")
-        inputs, outputs, self.embd_dim = self._open(use_gpu)
+        inputs, outputs, self.embd_dim, recorded = self._open(use_gpu)
+        self._fingerprint = model_fingerprint(self.model_dir)
+        if recorded != self._fingerprint:
+            source = (f"was exported from another model (fingerprint {recorded})" if recorded else
+                      "records no source model (exported before mvector recorded one)")
+            raise ModelMismatchError(f"{self.onnx_path} {source}, not from the weights in {self.model_dir} "
+                                     f"(fingerprint {self._fingerprint}); write it again with "
+                                     f"{self.how_to_write.format(model_dir=self.model_dir)}")
         if inputs != INPUT_NAMES or outputs != (OUTPUT_NAME,):
             raise ModelMismatchError(f"{self.onnx_path}: expected inputs {INPUT_NAMES} and output {OUTPUT_NAME!r}, "
                                      f"got inputs {inputs} and outputs {outputs}; was it written by mvector.export?")
@@ -125,11 +136,12 @@ class ExportedGraphBackend:
         self.sample_rate = build_featurizer(self.config).sample_rate
 
     def _open(self, use_gpu: bool) -> tuple:
-        """Load ``self.onnx_path``; return (input names, output names, embedding size or None)."""
+        """Load ``self.onnx_path``; return (input names, output names, embedding size or None, the
+        graph's FINGERPRINT_KEY metadata or None)."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
-        return model_fingerprint(self.model_dir)
+        return self._fingerprint
 
     @staticmethod
     def _feeds(waveforms: np.ndarray, lengths: np.ndarray) -> dict:
@@ -152,7 +164,8 @@ class OnnxBackend(ExportedGraphBackend):
             raise ModelMismatchError(f"{self.onnx_path}: cannot load the ONNX model ({exc})") from None
         outputs = self.session.get_outputs()
         embd_dim = outputs[0].shape[1] if len(outputs[0].shape) == 2 else None
-        return tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in outputs), embd_dim
+        recorded = self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+        return tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in outputs), embd_dim, recorded
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], self._feeds(waveforms, lengths))[0]
@@ -212,8 +225,10 @@ class OpenVinoBackend(ExportedGraphBackend):
         self._lock = threading.Lock()
         last = model.outputs[0].get_partial_shape()
         embd_dim = last[1].get_length() if last.rank.is_static and len(last) == 2 and last[1].is_static else None
+        key = ["framework", FINGERPRINT_KEY]  # where OpenVINO's ONNX reader puts the metadata
+        recorded = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
         return (tuple(i.get_any_name() for i in model.inputs), tuple(o.get_any_name() for o in model.outputs),
-                embd_dim)
+                embd_dim, recorded)
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with self._lock:

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch.fx.experimental import _config as fx_config
 
-from mvector.backends import INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME, import_onnxruntime
+from mvector.backends import (FINGERPRINT_KEY, INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME,
+                               import_onnxruntime)
 from mvector.errors import ConfigError, MVectorError
 from mvector.inference import noise_batch
-from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder
+from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder, model_fingerprint
 from mvector.predict import MIN_DURATION
 from mvector.registry import Registry
 
@@ -54,8 +55,9 @@ def _samples_range(program):
 class _Exporter:
     """Exports one embedder; the torch.export program is made once and shared by onnx and pt2."""
 
-    def __init__(self, embedder):
+    def __init__(self, embedder, fingerprint: str):
         self.embedder = embedder
+        self.fingerprint = fingerprint  # of the model directory, recorded in the ONNX graph
         self.sample_rate = embedder.sample_rate
         self.example = noise_batch(TRACE_SECONDS, self.sample_rate, seed=0)
         self.check = noise_batch(CHECK_SECONDS, self.sample_rate, seed=1)
@@ -110,8 +112,10 @@ def export_onnx(exporter: _Exporter, out_dir: Path) -> Path:
     with warnings.catch_warnings():
         # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
         warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
-        torch.onnx.export(exporter.program(), exporter.example, str(path), input_names=list(INPUT_NAMES),
-                          output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
+        program = torch.onnx.export(exporter.program(), exporter.example, input_names=list(INPUT_NAMES),
+                                    output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
+    program.model.metadata_props[FINGERPRINT_KEY] = exporter.fingerprint
+    program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     waves, lengths = exporter.check
     exporter.verify(path, session.run([OUTPUT_NAME], {INPUT_NAMES[0]: waves.numpy(),
@@ -171,7 +175,7 @@ def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=N
         for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, out_dir / name)
-    exporter = _Exporter(embedder)
+    exporter = _Exporter(embedder, model_fingerprint(model_dir))
     written = {name: EXPORT_FORMATS[name](exporter, out_dir) for name in names}
     if int8_calibration is not None:
         from mvector.quantize import quantize_onnx

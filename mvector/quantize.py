@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvector.backends import INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT
+from mvector.backends import FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT
 from mvector.errors import ConfigError, MVectorError
 from mvector.evaluation import read_labelled_list
 from mvector.fileio import fsync_dir
@@ -95,6 +95,15 @@ def _import_quantization():
     return onnx, quantization, quant_pre_process
 
 
+def _copy_fingerprint(onnx, source: Path, target: Path) -> None:
+    """Record the float32 graph's source-model fingerprint in the int8 graph too (the quantizer
+    drops the metadata), so the int8 backends can check it."""
+    recorded = {prop.key: prop.value for prop in onnx.load(str(source), load_external_data=False).metadata_props}
+    model = onnx.load(str(target))
+    onnx.helper.set_model_props(model, {FINGERPRINT_KEY: recorded.get(FINGERPRINT_KEY, "")})
+    onnx.save(model, str(target))
+
+
 def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = CALIBRATION_FILES) -> tuple:
     """Write the int8 graph of ``model_dir/model.onnx`` (``mvector.export``) to ``out_path`` (default
     ``model_dir/model.int8.onnx``), calibrated on up to ``max_files`` of ``calibration`` (a folder or
@@ -139,6 +148,7 @@ def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = CALIBR
             op_types_to_quantize=["Conv"], nodes_to_exclude=float_convs(onnx.load(str(prepared))),
             activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax, reduce_range=True)
+        _copy_fingerprint(onnx, single, staged)
         int8 = MVectorPredictor(model_dir, threshold=0.5, backend="onnx-int8", onnx_path=staged)
         # Both embed L2-normalised rows, so the row-wise dot product is the cosine.
         min_cosine = float(np.sum(float32.embed_waveforms(check) * int8.embed_waveforms(check), axis=1).min())

@@ -1,6 +1,7 @@
 """Exported graphs (ONNX under ONNX Runtime or OpenVINO, TorchScript, torch.export) give PyTorch's
 embeddings on real speech."""
 import importlib.util
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -135,6 +136,34 @@ def test_openvino_refuses_a_gpu_a_broken_file_and_a_missing_install(onnx_dir, mo
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
     with pytest.raises(MVectorError, match=r"openvino is not installed.*pip install 'mvector\[openvino\]'"):
         MVectorPredictor(onnx_dir, backend="openvino")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_a_graph_of_other_weights_is_refused(backend, onnx_dir, tmp_path):
+    """Retraining into an exported folder leaves model.onnx behind: the graph no longer embeds with
+    the weights whose fingerprint keys the voiceprint library, so it must not load."""
+    pytest.importorskip(backend if backend == "openvino" else "onnxruntime")
+    retrained = tmp_path / "retrained"
+    shutil.copytree(onnx_dir, retrained)
+    other = make_model_dir(tmp_path / "other", seed=1)
+    shutil.copy2(other / "model.pth", retrained / "model.pth")
+    with pytest.raises(ModelMismatchError, match=r"model.onnx was exported from another model \(fingerprint "
+                                                 r"[0-9a-f]{16}\), not from the weights in .*retrained.*"
+                                                 r"export_model.py --model_dir"):
+        MVectorPredictor(retrained, backend=backend)
+    with pytest.raises(ModelMismatchError, match="exported from another model"):  # the same through onnx_path
+        MVectorPredictor(other, backend=backend, onnx_path=onnx_dir / ONNX_FILE)
+
+
+def test_a_graph_that_records_no_source_model_is_refused(onnx_dir, tmp_path):
+    import onnx
+
+    unmarked = tmp_path / "unmarked.onnx"
+    graph = onnx.load(str(onnx_dir / ONNX_FILE))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(unmarked))
+    with pytest.raises(ModelMismatchError, match="unmarked.onnx records no source model"):
+        MVectorPredictor(onnx_dir, backend="onnx", onnx_path=unmarked)
 
 
 def test_torch_export_program_matches_pytorch(onnx_dir, speech):
