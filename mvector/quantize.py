@@ -95,13 +95,12 @@ def _import_quantization():
     return onnx, quantization, quant_pre_process
 
 
-def _copy_fingerprint(onnx, source: Path, target: Path) -> None:
-    """Record the float32 graph's source-model fingerprint in the int8 graph too (the quantizer
-    drops the metadata), so the int8 backends can check it."""
-    recorded = {prop.key: prop.value for prop in onnx.load(str(source), load_external_data=False).metadata_props}
-    model = onnx.load(str(target))
-    onnx.helper.set_model_props(model, {FINGERPRINT_KEY: recorded.get(FINGERPRINT_KEY, "")})
-    onnx.save(model, str(target))
+def _record_fingerprint(onnx, path: Path, fingerprint: str) -> None:
+    """Record the source model's fingerprint in the int8 graph, as the float32 one has it (the
+    quantizer drops the metadata), so the int8 backends can check it."""
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {FINGERPRINT_KEY: fingerprint})
+    onnx.save(model, str(path))
 
 
 def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = CALIBRATION_FILES) -> tuple:
@@ -148,7 +147,8 @@ def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = CALIBR
             op_types_to_quantize=["Conv"], nodes_to_exclude=float_convs(onnx.load(str(prepared))),
             activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax, reduce_range=True)
-        _copy_fingerprint(onnx, single, staged)
+        # The float32 backend above already checked its graph against this fingerprint.
+        _record_fingerprint(onnx, staged, float32.fingerprint())
         int8 = MVectorPredictor(model_dir, threshold=0.5, backend="onnx-int8", onnx_path=staged)
         # Both embed L2-normalised rows, so the row-wise dot product is the cosine.
         min_cosine = float(np.sum(float32.embed_waveforms(check) * int8.embed_waveforms(check), axis=1).min())
