@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mvector.cli import BACKEND_NAMES
 from mvector.errors import MVectorError
 
 # Used when the configured trial list has not been created: the shared dev set beside the checkout.
@@ -43,10 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--save_threshold", action="store_true",
                         help="embed through MVectorPredictor (the path users call) and store the EER "
                              "threshold, EER and MinDCF in the model's model.state")
-    parser.add_argument("--backend", help="embed through MVectorPredictor with this inference backend "
-                                           "(torch, onnx, openvino, onnx-int8, openvino-int8) instead of batched "
-                                           "extraction, e.g. to "
-                                           "check an exported or int8 graph on the trials")
+    parser.add_argument("--backend", help=f"embed through MVectorPredictor with this inference backend "
+                                           f"({', '.join(BACKEND_NAMES)}) instead of batched extraction, e.g. "
+                                           "to check an exported or int8 graph on the trials")
     return parser.parse_args(argv)
 
 

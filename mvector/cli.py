@@ -35,11 +35,16 @@ def run_cli(command, *args, **kwargs) -> int:
     return 0
 
 
+# mvector.backends.BACKENDS' names, written out so that a script's --help imports no torch (a test
+# keeps the two alike).
+BACKEND_NAMES = ("torch", "onnx", "openvino", "onnx-int8", "openvino-int8")
+
+
 def add_backend_argument(parser) -> None:
     """``--backend`` for the scripts that embed through MVectorPredictor."""
     parser.add_argument("--backend", default="torch",
-                        help="inference backend: torch (default); for a directory written by export_model.py "
-                             "also onnx, openvino (the fastest float32 path on x86 CPUs), onnx-int8, openvino-int8")
+                        help=f"inference backend: {', '.join(BACKEND_NAMES)} (default torch; the others run a "
+                             "directory written by export_model.py, openvino the fastest float32 path on x86 CPUs)")
 
 
 def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False, backend="torch"):

@@ -218,6 +218,13 @@ def test_minimum_duration(predictor):
         predictor.predict(coloured_noise(MIN_DURATION - 0.01, seed=1), SAMPLE_RATE)
 
 
+def test_the_scripts_offer_every_backend_by_name():
+    from mvector.backends import BACKENDS
+    from mvector.cli import BACKEND_NAMES
+
+    assert sorted(BACKEND_NAMES) == sorted(BACKENDS)
+
+
 def test_bad_arguments_are_config_errors(model_dir):
     with pytest.raises(ConfigError, match="valid names: onnx, onnx-int8, openvino, openvino-int8, torch"):
         MVectorPredictor(model_dir, backend="tensorflow")
