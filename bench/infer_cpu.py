@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mvector.backends import import_onnxruntime, import_openvino  # noqa: E402
+from mvector.backends import import_onnxruntime  # noqa: E402
 from mvector.config import load_config  # noqa: E402
 from mvector.embedder import build_embedder  # noqa: E402
 from mvector.errors import MVectorError  # noqa: E402
@@ -138,9 +138,7 @@ def _onnx_runtime_threads(backend, threads):
 
 
 def _openvino_threads(backend, threads):
-    backend._compiled = import_openvino().Core().compile_model(
-        str(backend.onnx_path), "CPU", dict(backend.compile_options, INFERENCE_NUM_THREADS=threads))
-    backend._request = backend._compiled.create_infer_request()
+    backend.compile(str(backend.onnx_path), INFERENCE_NUM_THREADS=threads)
 
 
 # The backends use their engine's default thread count; the bench pins --threads.

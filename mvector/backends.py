@@ -214,14 +214,10 @@ class OpenVinoBackend(ExportedGraphBackend):
                                "use backend='torch' or 'onnx' on a CUDA GPU")
         ov = import_openvino()
         try:
-            core = ov.Core()
-            model = core.read_model(str(self.onnx_path))
-            self._compiled = core.compile_model(model, "CPU", self.compile_options)
+            model = ov.Core().read_model(str(self.onnx_path))
+            self.compile(model)
         except Exception as exc:  # corrupt or foreign file: name it
             raise ModelMismatchError(f"{self.onnx_path}: cannot load the ONNX model ({exc})") from None
-        # One infer request reused under a lock: a request is not thread-safe, and the server calls
-        # the predictor from several threads.
-        self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
         last = model.outputs[0].get_partial_shape()
         embd_dim = last[1].get_length() if last.rank.is_static and len(last) == 2 and last[1].is_static else None
@@ -229,6 +225,14 @@ class OpenVinoBackend(ExportedGraphBackend):
         recorded = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
         return (tuple(i.get_any_name() for i in model.inputs), tuple(o.get_any_name() for o in model.outputs),
                 embd_dim, recorded)
+
+    def compile(self, model, **options) -> None:
+        """Compile ``model`` (read by OpenVINO, or a file) for the CPU with ``compile_options`` and
+        any extra ``options`` (e.g. ``INFERENCE_NUM_THREADS``)."""
+        self._compiled = import_openvino().Core().compile_model(model, "CPU", {**self.compile_options, **options})
+        # One infer request reused under a lock: a request is not thread-safe, and the server calls
+        # the predictor from several threads.
+        self._request = self._compiled.create_infer_request()
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with self._lock:
