@@ -72,6 +72,15 @@ def export(model_dir, out_dir, formats, int8_calibration=None):
         print(f"{name}: {path}")
 
 
+def import_checkpoint(source, checkpoint, out_dir, architecture=None, overwrite=False):
+    """Write a model directory from another toolkit's checkpoint (``--from``: IMPORT_SOURCES)."""
+    from mvector.pretrained import IMPORT_SOURCES
+
+    importer = IMPORT_SOURCES.get_class(source, where="--from: ")
+    path = importer(checkpoint, out_dir, model=architecture, overwrite=overwrite)
+    print(f"imported {checkpoint} -> {path}")
+
+
 def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True, backend="torch"):
     """Embed every file of a list into an .npz; unusable files are reported on stderr and skipped."""
     from mvector.extract import describe_failures, extract_to_npz

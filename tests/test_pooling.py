@@ -29,6 +29,25 @@ def test_statistics_match_direct_formulas():
     torch.testing.assert_close(build_pooling("TSTP", 4)(x), torch.cat([mean, std], 1), rtol=1e-4, atol=1e-4)
 
 
+def test_unbiased_statistics_pooling_is_torch_std_on_valid_frames_only():
+    torch.manual_seed(0)
+    pool = build_pooling("TSTP", 4, unbiased=True, var_floor=0.0)
+    x = torch.randn(2, 4, 25)
+    padded = torch.cat([x[:1], torch.cat([x[1:, :, :17], torch.full((1, 4, 8), 1e4)], dim=-1)])
+    mask = lengths_to_mask(torch.tensor([25, 17]), 25)
+    expected = torch.stack([torch.cat([x[0].mean(-1), x[0].std(-1)]),
+                            torch.cat([x[1, :, :17].mean(-1), x[1, :, :17].std(-1)])])
+    torch.testing.assert_close(pool(padded, mask), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pool(x), torch.cat([x.mean(-1), x.std(-1)], 1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_negative_variance_floor_is_refused():
+    with pytest.raises(ConfigError, match="var_floor"):
+        build_pooling("TSTP", 4, var_floor=-1.0)
+    with pytest.raises(ConfigError, match="unknown key.*'unbias'.*valid keys: in_dim, unbiased, var_floor"):
+        build_pooling("TSTP", 4, unbias=True)
+
+
 def test_attention_pooling_of_a_constant_sequence_is_that_constant():
     x = torch.full((1, 8, 10), 3.0)
     torch.testing.assert_close(build_pooling("SAP", 8)(x), torch.full((1, 8), 3.0))

@@ -151,13 +151,14 @@ class CAMPPlus(nn.Module):
 
     ``block_layers``/``block_dilations`` describe the three dense blocks; each is followed by a
     transition that halves the channels. ``seg_len`` is the CAM segment length in frames (after
-    the input TDNN's 2x time stride).
+    the input TDNN's 2x time stride). ``pooling_args`` are the pooling layer's own options (e.g. TSTP's
+    ``unbiased``).
     """
 
     def __init__(self, input_size: int, embd_dim: int = 192, pooling_type: str = "TSTP",
                  growth_rate: int = 32, bn_size: int = 4, init_channels: int = 128,
                  fcm_channels: int = 32, block_layers=(12, 24, 16), block_dilations=(1, 2, 2),
-                 kernel_size: int = 3, seg_len: int = 100):
+                 kernel_size: int = 3, seg_len: int = 100, pooling_args: dict = None):
         super().__init__()
         self.embd_dim = embd_dim
         self.head = FCM(input_size, fcm_channels)
@@ -173,7 +174,7 @@ class CAMPPlus(nn.Module):
             channels = block.out_channels // 2
             self.transitions.append(Transition(block.out_channels, channels))
         self.out_norm = nn.Sequential(nn.BatchNorm1d(channels), nn.ReLU(inplace=True))
-        self.pooling = build_pooling(pooling_type, channels)
+        self.pooling = build_pooling(pooling_type, channels, **(pooling_args or {}))
         self.embedding = nn.Linear(self.pooling.output_dim, embd_dim, bias=False)
         self.embedding_norm = nn.BatchNorm1d(embd_dim, affine=False)
         for module in self.modules():

@@ -71,19 +71,32 @@ def masked_mean(x, mask, dim: int = -1, keepdim: bool = False):
     return (x * mask).sum(dim=dim, keepdim=keepdim) / mask.sum(dim=dim, keepdim=keepdim).clamp(min=1.0)
 
 
-def masked_mean_std(x, mask, weights=None, dim: int = -1, eps: float = 1e-5):
-    """(Weighted) mean and standard deviation over valid frames of ``x`` ``[B, C, T]``.
+def masked_mean_var(x, mask, weights=None, dim: int = -1):
+    """(Weighted) mean and biased variance over valid frames of ``x`` ``[B, C, T]``.
 
     ``weights`` (e.g. attention, already zero on padding and summing to 1 over time) replace the
-    uniform weights. The variance is clamped before the square root so gradients stay finite on
-    constant inputs.
+    uniform weights.
     """
     if weights is None:
         weights = torch.ones_like(x[:, :1]) if mask is None else mask.to(x.dtype)
         weights = weights / weights.sum(dim=dim, keepdim=True).clamp(min=1.0)
     mean = (x * weights).sum(dim=dim)
     var = ((x - mean.unsqueeze(dim)) ** 2 * weights).sum(dim=dim)
+    return mean, var
+
+
+def masked_mean_std(x, mask, weights=None, dim: int = -1, eps: float = 1e-5):
+    """(Weighted) mean and standard deviation over valid frames of ``x`` ``[B, C, T]``; the variance
+    is clamped at ``eps`` before the square root so gradients stay finite on constant inputs."""
+    mean, var = masked_mean_var(x, mask, weights, dim)
     return mean, var.clamp(min=eps).sqrt()
+
+
+def valid_frames(x, mask):
+    """``[B, 1]`` number of valid frames of each row of ``x`` ``[B, C, T]``."""
+    if mask is None:
+        return x.new_full((x.shape[0], 1), x.shape[-1])
+    return mask.to(x.dtype).sum(dim=-1)
 
 
 def masked_softmax(logits, mask, dim: int = -1):

@@ -6,7 +6,8 @@ is ``[B, output_dim]``. Padded frames never contribute, so pooling is padding-in
 import torch
 from torch import nn
 
-from mvector.models.masking import masked_mean, masked_mean_std, masked_softmax
+from mvector.models.masking import masked_mean, masked_mean_std, masked_mean_var, masked_softmax, valid_frames
+from mvector.errors import ConfigError
 from mvector.registry import Registry
 
 POOLINGS = Registry("pooling")
@@ -39,14 +40,27 @@ class TemporalStatisticsPooling(nn.Module):
 
 @POOLINGS.register(name="TSTP")
 class TemporalStatsPool(nn.Module):
-    """Mean and standard deviation over time (x-vector statistics pooling)."""
+    """Mean and standard deviation over time (x-vector statistics pooling).
 
-    def __init__(self, in_dim: int):
+    ``unbiased`` divides the variance by N-1 (``torch.std``'s default, which 3D-Speaker's models were
+    trained with); ``var_floor`` clamps the variance before the square root so gradients stay finite
+    on a constant channel.
+    """
+
+    def __init__(self, in_dim: int, unbiased: bool = False, var_floor: float = 1e-5):
         super().__init__()
+        if not var_floor >= 0:
+            raise ConfigError(f"TSTP: 'var_floor' must be >= 0, got {var_floor!r}")
         self.output_dim = in_dim * 2
+        self.unbiased = bool(unbiased)
+        self.var_floor = float(var_floor)
 
     def forward(self, x, mask=None):
-        return torch.cat(masked_mean_std(x, mask), dim=1)
+        mean, var = masked_mean_var(x, mask)
+        if self.unbiased:
+            frames = valid_frames(x, mask)
+            var = var * frames / (frames - 1).clamp(min=1.0)
+        return torch.cat([mean, var.clamp(min=self.var_floor).sqrt()], dim=1)
 
 
 @POOLINGS.register(name="SAP")

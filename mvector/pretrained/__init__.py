@@ -7,6 +7,19 @@ from pathlib import Path
 
 from mvector.errors import MVectorError
 from mvector.model_dir import MODEL_FILE
+from mvector.registry import Registry
+
+# Checkpoint formats of other toolkits that import_model.py turns into model directories:
+# name -> importer(checkpoint, out_dir, model=None, overwrite=False) -> Path.
+IMPORT_SOURCES = Registry("checkpoint source")
+
+
+def _import_3dspeaker(checkpoint, out_dir, model=None, overwrite=False):
+    from mvector.pretrained.threedspeaker import import_3dspeaker
+    return import_3dspeaker(checkpoint, out_dir, model=model, overwrite=overwrite)
+
+
+IMPORT_SOURCES["3dspeaker"] = _import_3dspeaker
 
 # The model MVectorPredictor uses when no model_dir is given.
 DEFAULT_MODEL_NAME = "EcapaTdnn_Fbank"
