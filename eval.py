@@ -24,7 +24,9 @@ DATASET_PATH_KEYS = ("train_list", "enroll_list", "trials_list", "trials")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", help="YAML config whose dataset list paths to use")
-    parser.add_argument("--model_dir", help="model directory (default: the shipped pretrained model)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model_dir", help="model directory (default: the shipped pretrained model)")
+    which.add_argument("--model", help="a packaged model by name, e.g. default or small")
     parser.add_argument("--trials", help="trial list path1<TAB>path2<TAB>1|0 (default: dataset_conf.trials)")
     parser.add_argument("--enroll_list", help="enrol list path<TAB>label, scored against --trials_list")
     parser.add_argument("--trials_list", help="test list path<TAB>label, scored against every enrolled speaker")
@@ -50,7 +52,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def default_model_dir() -> Path:
+def default_model_dir(name=None) -> Path:
     try:
         pretrained = importlib.import_module("mvector.pretrained")
     except ModuleNotFoundError as exc:
@@ -58,9 +60,9 @@ def default_model_dir() -> Path:
             raise
         raise MVectorError("no --model_dir given and no pretrained model is shipped") from None
     try:
-        return Path(pretrained.default_model_dir())
+        return Path(pretrained.pretrained_model_dir(name))
     except MVectorError as exc:
-        raise MVectorError(f"no --model_dir given and {exc}") from None
+        raise MVectorError(f"--model: {exc}" if name else f"no --model_dir given and {exc}") from None
 
 
 def resolve_device(use_gpu: bool) -> str:
@@ -107,7 +109,7 @@ def run(args) -> dict:
         raise MVectorError("--enroll_list and --trials_list go together: give both or neither")
     if args.trials and args.enroll_list:
         raise MVectorError("give either --trials or --enroll_list/--trials_list, not both")
-    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
+    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir(args.model)
     if not model_dir.is_dir():
         raise MVectorError(f"model directory not found: {model_dir}")
     device = resolve_device(args.use_gpu)

@@ -8,14 +8,14 @@ are relative to the list's folder. Unusable files are reported and skipped.
 import argparse
 import sys
 
-from mvector.cli import add_backend_argument, extract, run_cli
+from mvector.cli import add_backend_argument, add_model_arguments, extract, run_cli
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", required=True, help="file list: one path per line, or path<TAB>label")
     parser.add_argument("--out", required=True, help="output .npz file")
-    parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
+    add_model_arguments(parser, threshold=False)
     parser.add_argument("--batch_size", type=int, default=16, help="utterances per forward pass")
     parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
     add_backend_argument(parser)
@@ -25,4 +25,4 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     sys.exit(run_cli(extract, args.list, args.out, model_dir=args.model_dir, batch_size=args.batch_size,
-                     use_gpu=args.use_gpu, backend=args.backend))
+                     use_gpu=args.use_gpu, backend=args.backend, model=args.model))

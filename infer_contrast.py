@@ -5,16 +5,14 @@
 import argparse
 import sys
 
-from mvector.cli import add_backend_argument, contrast, run_cli
+from mvector.cli import add_backend_argument, add_model_arguments, contrast, run_cli
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio_path1", required=True, help="first recording")
     parser.add_argument("--audio_path2", required=True, help="second recording")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="same-speaker threshold on the cosine similarity (default: the model's EER threshold)")
-    parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
+    add_model_arguments(parser)
     parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
     add_backend_argument(parser)
     return parser.parse_args(argv)
@@ -23,4 +21,4 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     sys.exit(run_cli(contrast, args.audio_path1, args.audio_path2, model_dir=args.model_dir,
-                     threshold=args.threshold, use_gpu=args.use_gpu, backend=args.backend))
+                     threshold=args.threshold, use_gpu=args.use_gpu, backend=args.backend, model=args.model))

@@ -5,7 +5,7 @@ every request when listening beyond loopback (it refuses to start there without 
 import argparse
 import sys
 
-from mvector.cli import add_backend_argument
+from mvector.cli import THRESHOLD_HELP, add_backend_argument, add_model_arguments
 from mvector.server.serve import serve
 
 
@@ -13,14 +13,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infer_server.py", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
+    add_model_arguments(parser, threshold=False)
     parser.add_argument("--audio_db_path", default="audio_db/",
                         help="voiceprint library folder, the same one infer_recognition.py uses")
     parser.add_argument("--api_key_file", default=None, help="file holding the API key (else $MVECTOR_API_KEY)")
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="largest request body in MiB")
     parser.add_argument("--max_audio_seconds", type=float, default=60.0, help="longest recording accepted")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="same-speaker cosine threshold (default: the model's EER threshold)")
+    parser.add_argument("--threshold", default=None, help=THRESHOLD_HELP)
     parser.add_argument("--max_concurrency", type=int, default=2,
                         help="decoding and model jobs running at once (default 2)")
     parser.add_argument("--use_gpu", action="store_true", help="run the model on a CUDA GPU")

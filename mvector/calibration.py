@@ -2,7 +2,8 @@
 
 ``calibrate`` embeds every file of a trial list with ``MVectorPredictor`` (same loading,
 normalisation and sliding windows as ``predict``), scores the trials and stores the EER threshold,
-EER and MinDCF in the model's ``model.state``, so ``contrast``/``verify`` default to it.
+EER and MinDCF in the model's ``model.state``, so ``contrast``/``verify`` default to it, and the
+operating points (``eer``, ``far=0.01``, ``far=0.001``) a user may choose instead.
 """
 import json
 import logging
@@ -62,7 +63,8 @@ def calibrate(model_dir, trials_path, progress=True, use_gpu=False) -> dict:
     state_path = Path(model_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     state.update(threshold=result["threshold"], eer=result["eer"], min_dcf=result["min_dcf"],
-                 min_dcf_05=result["min_dcf_05"], calibration_trials=Path(trials_path).name,
+                 min_dcf_05=result["min_dcf_05"], operating_points=result["operating_points"],
+                 calibration_trials=Path(trials_path).name,
                  calibration_num_trials=result["num_trials"])
     tmp = state_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")

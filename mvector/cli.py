@@ -40,6 +40,21 @@ def run_cli(command, *args, **kwargs) -> int:
 BACKEND_NAMES = ("torch", "onnx", "openvino", "onnx-int8", "openvino-int8")
 
 
+THRESHOLD_HELP = ("same-speaker threshold: a cosine in [-1, 1], or an operating point the model ships: eer (the "
+                  "default), far=0.01 or far=0.001 (at most that false-accept rate on its calibration trials)")
+
+
+def add_model_arguments(parser, threshold=True) -> None:
+    """``--model_dir`` / ``--model`` (a packaged model by name) and ``--threshold``, for the scripts
+    that embed through MVectorPredictor."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model_dir", default=None, help="model directory (default: the packaged default model)")
+    which.add_argument("--model", default=None,
+                       help="a packaged model by name, e.g. default or small (python -m mvector --list_models)")
+    if threshold:
+        parser.add_argument("--threshold", default=None, help=THRESHOLD_HELP)
+
+
 def add_backend_argument(parser) -> None:
     """``--backend`` for the scripts that embed through MVectorPredictor."""
     parser.add_argument("--backend", default="torch",
@@ -47,11 +62,12 @@ def add_backend_argument(parser) -> None:
                              "directory written by export_model.py, openvino the fastest float32 path on x86 CPUs)")
 
 
-def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False, backend="torch"):
+def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False, backend="torch", model=None):
     """Print the similarity of two recordings and the same-speaker decision."""
     from mvector.predict import MVectorPredictor
 
-    predictor = MVectorPredictor(model_dir=model_dir, threshold=threshold, use_gpu=use_gpu, backend=backend)
+    predictor = MVectorPredictor(model_dir=model_dir, threshold=threshold, use_gpu=use_gpu, backend=backend,
+                                 model=model)
     same, score = predictor.verify(audio_path1, audio_path2)
     print(f"similarity: {score:.4f}  threshold: {predictor.threshold:.4f}  same speaker: {'yes' if same else 'no'}")
 
@@ -81,16 +97,35 @@ def import_checkpoint(source, checkpoint, out_dir, architecture=None, overwrite=
     print(f"imported {checkpoint} -> {path}")
 
 
-def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True, backend="torch"):
+def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True, backend="torch",
+            model=None):
     """Embed every file of a list into an .npz; unusable files are reported on stderr and skipped."""
     from mvector.extract import describe_failures, extract_to_npz
     from mvector.predict import MVectorPredictor
 
-    predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu, batch_size=batch_size, backend=backend)
+    predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu, batch_size=batch_size, backend=backend,
+                                 model=model)
     written, total, failures = extract_to_npz(predictor, list_path, out_path, progress=progress)
     if failures:
         print(describe_failures(failures, total), file=sys.stderr)
     print(f"wrote {written} embedding(s) of size {predictor.embd_dim} to {out_path}")
+
+
+def list_models():
+    """Print each packaged model: its name(s), backbone, size and calibration figures."""
+    import json
+
+    from mvector.model_dir import STATE_FILE
+    from mvector.pretrained import pretrained_models
+
+    names = {}
+    for name, folder in pretrained_models().items():
+        names.setdefault(folder, []).append(name)
+    for folder, aliases in names.items():
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")) if (folder / STATE_FILE).is_file() else {}
+        figures = (f"dev EER {state['eer']:.2%}, MinDCF {state['min_dcf']:.3f}" if "eer" in state
+                   else "not calibrated")
+        print(f"{' / '.join(aliases)}: {figures}; {folder}")
 
 
 def voice_like_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:

@@ -17,6 +17,8 @@ from mvector.errors import MVectorError
 
 P_TARGET = 0.01
 P_TARGET_05 = 0.05
+# False-accept rates whose thresholds a model ships besides the EER one (``operating_points``).
+OPERATING_FARS = (0.01, 0.001)
 AS_NORM_TOP_K = 300
 
 
@@ -222,13 +224,33 @@ def compute_min_dcf(scores, labels, p_target=P_TARGET, c_miss=1.0, c_fa=1.0):
     return _min_dcf(_polyline(*_split_classes(scores, labels)), p_target, c_miss, c_fa)
 
 
-def verification_metrics(scores, labels) -> dict:
-    """EER, its threshold and MinDCF at p_target 0.01 and 0.05 (c_miss = c_fa = 1), from one sort."""
-    curve = _polyline(*_split_classes(scores, labels))
+def _threshold_at_far(target: np.ndarray, nontarget: np.ndarray, far: float) -> dict:
+    """The lowest threshold at which at most ``far`` of the (sorted) non-target scores reach it, with the
+    false-accept and false-reject rates it gives (a trial is accepted when its score >= threshold)."""
+    allowed = int(np.floor(far * len(nontarget) + 1e-9))
+    if allowed >= len(nontarget):
+        threshold = float(nontarget[0])
+    else:
+        # Just above the highest non-target score that must be rejected: ties with it are rejected too.
+        threshold = float(np.nextafter(np.float64(nontarget[len(nontarget) - allowed - 1]), np.inf))
+    accepted = len(nontarget) - int(np.searchsorted(nontarget, threshold, side="left"))
+    rejected = int(np.searchsorted(target, threshold, side="left"))
+    return {"threshold": threshold, "far": accepted / len(nontarget), "frr": rejected / len(target)}
+
+
+def verification_metrics(scores, labels, fars=OPERATING_FARS) -> dict:
+    """EER, its threshold and MinDCF at p_target 0.01 and 0.05 (c_miss = c_fa = 1), from one sort, and
+    ``operating_points``: the EER threshold and the threshold at each false-accept rate of ``fars``
+    (keys ``eer`` and ``far=<rate>``, each with its threshold, far and frr)."""
+    target, nontarget = _split_classes(scores, labels)
+    curve = _polyline(target, nontarget)
     eer, threshold = _eer(curve)
+    points = {"eer": {"threshold": threshold, "far": eer, "frr": eer}}
+    points.update((f"far={far:g}", _threshold_at_far(target, nontarget, far)) for far in fars)
     return {
         "eer": eer,
         "threshold": threshold,
         "min_dcf": _min_dcf(curve, P_TARGET, 1.0, 1.0)[0],
         "min_dcf_05": _min_dcf(curve, P_TARGET_05, 1.0, 1.0)[0],
+        "operating_points": points,
     }

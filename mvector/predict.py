@@ -43,6 +43,39 @@ def _check_threshold(value) -> float:
     return float(value)
 
 
+def operating_point_thresholds(state: dict) -> dict:
+    """``name -> cosine threshold`` of the operating points a model ships (``eer``, ``far=0.01``, ...)."""
+    points = {name: point["threshold"] for name, point in state.get("operating_points", {}).items()}
+    if "eer" not in points and state.get("threshold") is not None:
+        points["eer"] = state["threshold"]
+    return points
+
+
+def resolve_threshold(value, state: dict) -> float:
+    """A cosine threshold from a number (or a numeric string, as a command line gives it), or from the
+    name of one of the model's operating points: 'eer', or 'far=<rate>' for a false-accept rate it
+    ships (e.g. 'far=0.001'), measured on its calibration trials."""
+    if not isinstance(value, str):
+        return _check_threshold(value)
+    text = value.strip().lower()
+    try:
+        return _check_threshold(float(text))
+    except ValueError:
+        pass
+    points = operating_point_thresholds(state)
+    name = text
+    if text.startswith("far="):
+        try:
+            name = f"far={float(text[4:].rstrip('%')) / (100 if text.endswith('%') else 1):g}"
+        except ValueError:
+            name = text
+    if name not in points:
+        shipped = ", ".join(sorted(points)) or "none (the model was never calibrated)"
+        raise ConfigError(f"threshold {value!r} is neither a cosine in [-1, 1] nor an operating point of this "
+                          f"model; its operating points: {shipped}")
+    return _check_threshold(points[name])
+
+
 def _chunks(items, size):
     return (items[i: i + size] for i in range(0, len(items), size))
 
@@ -50,9 +83,11 @@ def _chunks(items, size):
 class MVectorPredictor:
     """Embeddings (``predict``), comparisons (``contrast``/``verify``) and a voiceprint library.
 
-    ``model_dir``: a model directory (``mvector.model_dir``); None uses the packaged default model.
-    ``threshold``: the same-speaker decision threshold; None takes the model's EER threshold from
-    its model.state. ``use_gpu``: run on CUDA (an error when there is none). ``window_seconds`` /
+    ``model_dir``: a model directory (``mvector.model_dir``); None uses the packaged model ``model``
+    (``mvector.pretrained.PRETRAINED_MODELS``: 'default' or 'small', ...).
+    ``threshold``: the same-speaker decision threshold: a cosine, or one of the operating points
+    measured on the model's calibration trials and stored in its model.state: 'eer' (the default),
+    'far=0.01' or 'far=0.001' (at most that false-accept rate). ``use_gpu``: run on CUDA (an error when there is none). ``window_seconds`` /
     ``hop_seconds``: sliding windows for long recordings (None: the model config's
     ``dataset_conf.embed_window`` / ``embed_hop``, with which its EER threshold was measured);
     ``batch_size``: utterances or windows per forward pass. ``backend``: 'torch', 'onnx' (an
@@ -67,10 +102,12 @@ class MVectorPredictor:
 
     def __init__(self, model_dir=None, audio_db_path="audio_db/", threshold=None, use_gpu=False,
                  window_seconds=None, hop_seconds=None, batch_size=16, *, backend="torch", onnx_path=None,
-                 fuse_batchnorm=None):
+                 fuse_batchnorm=None, model=None):
         if model_dir is None:
-            from mvector.pretrained import default_model_dir
-            model_dir = default_model_dir()
+            from mvector.pretrained import pretrained_model_dir
+            model_dir = pretrained_model_dir(model)
+        elif model is not None:
+            raise ConfigError(f"give model_dir or model, not both (model={model!r}, model_dir={str(model_dir)!r})")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model_dir = Path(model_dir)
@@ -95,7 +132,7 @@ class MVectorPredictor:
         self._hop = int(round(hop_seconds * self.sample_rate))
         self._target_db = data["target_db"] if data["use_db_normalization"] else None
         self._vad = data["do_vad"]
-        self.threshold = threshold if threshold is not None else self._model_threshold()
+        self.threshold = self._model_threshold() if threshold is None else threshold
         self.audio_db_path = audio_db_path
         self._voiceprints = None
 
@@ -107,6 +144,16 @@ class MVectorPredictor:
             return DEFAULT_THRESHOLD
         return _check_threshold(stored)
 
+    def resolve_threshold(self, value) -> float:
+        """``value`` as a cosine threshold: None is this predictor's, a number itself, a name such as
+        'far=0.001' the model's operating point (``resolve_threshold``)."""
+        return self.threshold if value is None else resolve_threshold(value, self._backend.state)
+
+    @property
+    def operating_points(self) -> dict:
+        """``name -> threshold`` of the operating points the model ships ('eer', 'far=0.01', ...)."""
+        return operating_point_thresholds(self._backend.state)
+
     @property
     def threshold(self) -> float:
         """Cosine similarity at or above which two recordings are judged the same speaker."""
@@ -114,7 +161,7 @@ class MVectorPredictor:
 
     @threshold.setter
     def threshold(self, value):
-        self._threshold = _check_threshold(value)
+        self._threshold = resolve_threshold(value, self._backend.state)
 
     # ------------------------------------------------------------------ embeddings
 
@@ -178,7 +225,7 @@ class MVectorPredictor:
 
     def verify(self, audio1, audio2, sample_rate=None, threshold=None):
         """``(same_speaker, score)``: same speaker when the similarity reaches the threshold."""
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        threshold = self.resolve_threshold(threshold)
         score = self.contrast(audio1, audio2, sample_rate)
         return score >= threshold, score
 
@@ -208,7 +255,7 @@ class MVectorPredictor:
 
     def recognition(self, audio, threshold=None, sample_rate=None):
         """``(name, score)`` of the best-matching registered speaker; name is None below the threshold."""
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        threshold = self.resolve_threshold(threshold)
         return self._library().recognition(self.predict(audio, sample_rate), threshold)
 
     def search(self, audio, top_k: int = 5, sample_rate=None):

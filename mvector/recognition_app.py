@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from mvector import microphone
-from mvector.cli import add_backend_argument
+from mvector.cli import add_backend_argument, add_model_arguments
 from mvector.errors import AudioError, MVectorError
 
 EXIT_OK = 0
@@ -44,10 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use this audio file instead of recording (with --register / --recognize)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
                         help=f"length of each microphone recording in seconds (default {DEFAULT_SECONDS:g})")
-    parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
+    add_model_arguments(parser)
     parser.add_argument("--audio_db_path", default="audio_db/", help="voiceprint library folder")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="same-speaker cosine threshold (default: the model's EER threshold)")
     parser.add_argument("--use_gpu", action="store_true", help="run the model on a CUDA GPU")
     add_backend_argument(parser)
     return parser
@@ -193,7 +191,8 @@ def main(argv=None) -> int:
         from mvector.predict import MVectorPredictor
 
         with MVectorPredictor(model_dir=args.model_dir, audio_db_path=args.audio_db_path,
-                              threshold=args.threshold, use_gpu=args.use_gpu, backend=args.backend) as predictor:
+                              threshold=args.threshold, use_gpu=args.use_gpu, backend=args.backend,
+                              model=args.model) as predictor:
             app = RecognitionApp(predictor, seconds=args.seconds)
             if args.register is not None:
                 return app.register(args.register, args.audio)

@@ -28,7 +28,8 @@ def _run(command):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
-    model = make_model_dir(folder / "model", state={"threshold": 0.37})
+    model = make_model_dir(folder / "model", state={"threshold": 0.37, "operating_points": {
+        "eer": {"threshold": 0.37, "far": 0.05, "frr": 0.05}, "far=0.001": {"threshold": 0.9, "far": 0.001, "frr": 0.5}}})
     a, b, c = dev_files(3)
     bad = bad_audio_files(folder / "bad")
     listing = folder / "lists" / "list.txt"
@@ -45,6 +46,9 @@ def setup(tmp_path_factory):
         "same_file": contrast + ["--audio_path1", a, "--audio_path2", a, "--threshold", "0.999"],
         "strict": contrast + ["--audio_path1", a, "--audio_path2", b, "--threshold", "1.0"],
         "bad_threshold": contrast + ["--audio_path1", a, "--audio_path2", b, "--threshold", "2"],
+        "named_threshold": contrast + ["--audio_path1", a, "--audio_path2", b, "--threshold", "far=0.001"],
+        "unknown_point": contrast + ["--audio_path1", a, "--audio_path2", b, "--threshold", "far=0.3"],
+        "unknown_model": ["infer_contrast.py", "--model", "huge", "--audio_path1", a, "--audio_path2", b],
         "extract": ["extract_embeddings.py", "--list", str(listing), "--out", str(folder / "out" / "emb.npz"),
                     "--model_dir", str(model), "--batch_size", "2"],
         "extract_all_bad": ["extract_embeddings.py", "--list", str(all_bad), "--out", str(folder / "none.npz"),
@@ -89,6 +93,12 @@ def test_threshold_option_decides(setup):
     assert code == 0 and match[2] == "1.0000" and match[3] == "no"
     code, _, err = setup["results"]["bad_threshold"]
     assert code == 2 and "threshold" in _one_error_line(err)
+    code, out, err = setup["results"]["named_threshold"]
+    assert code == 0 and SIMILARITY_LINE.match(out.strip())[2] == "0.9000", err
+    code, _, err = setup["results"]["unknown_point"]
+    assert code == 2 and "its operating points: eer, far=0.001" in _one_error_line(err)
+    code, _, err = setup["results"]["unknown_model"]
+    assert code == 2 and "no packaged model named 'huge'; packaged: default" in _one_error_line(err)
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "corrupt", "silent", "too_short", "nan"])
@@ -129,7 +139,7 @@ def test_no_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(mvector.pretrained, "DEFAULT_MODEL_NAME", "NoSuchModel")  # as before one ships
     assert run_cli(contrast, str(tmp_path / "a.wav"), str(tmp_path / "b.wav")) == 2
-    assert "no pretrained model is shipped yet; pass model_dir" in _one_error_line(capsys.readouterr().err)
+    assert "no pretrained default model is shipped (NoSuchModel is missing" in _one_error_line(capsys.readouterr().err)
 
 
 def test_extract_embeddings_skips_and_reports_bad_files(setup):

@@ -175,3 +175,22 @@ def test_as_norm_equals_direct_per_trial_computation(top_k):
 def test_as_norm_rejects_mismatched_cohort_scores():
     with pytest.raises(MVectorError, match="do not match"):
         as_norm(np.zeros((3, 4)), np.zeros((3, 5)), np.zeros((3, 5)))
+
+
+def test_operating_points_hold_the_false_accept_rate_at_or_under_their_target():
+    rng = np.random.default_rng(0)
+    target, nontarget = rng.normal(0.6, 0.15, 3000), rng.normal(0.0, 0.15, 30000)
+    nontarget[:50] = nontarget[50]  # ties at one score must all fall on one side
+    scores = np.concatenate([target, nontarget])
+    labels = np.concatenate([np.ones(len(target)), np.zeros(len(nontarget))])
+    result = verification_metrics(scores, labels)
+    points = result["operating_points"]
+    assert points["eer"]["threshold"] == result["threshold"]
+    for name, far in (("far=0.01", 0.01), ("far=0.001", 0.001)):
+        threshold = points[name]["threshold"]
+        accepted = np.mean(nontarget >= threshold)
+        assert accepted <= far and accepted == points[name]["far"]
+        # The lowest such threshold: the highest rejected non-target score lies just below it.
+        assert np.nextafter(np.max(nontarget[nontarget < threshold]), np.inf) == threshold
+        assert points[name]["frr"] == np.mean(target < threshold)
+    assert points["far=0.001"]["threshold"] > points["far=0.01"]["threshold"]

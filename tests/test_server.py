@@ -25,7 +25,10 @@ MAX_AUDIO_SECONDS = 20
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("server_model") / "tiny_tdnn")
+    points = {"eer": {"threshold": 0.5, "far": 0.05, "frr": 0.05},
+              "far=0.001": {"threshold": 0.8, "far": 0.001, "frr": 0.4}}
+    return make_model_dir(tmp_path_factory.mktemp("server_model") / "tiny_tdnn",
+                          state={"threshold": 0.5, "operating_points": points})
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,7 @@ def assert_clean_error(response, status, *words):
 def test_health_docs_and_page(client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["threshold"] == 0.5 and health["embedding_size"] == 32
+    assert health["operating_points"] == {"eer": 0.5, "far=0.001": 0.8}
     assert health["max_upload_mb"] == MAX_UPLOAD_MB and health["accepts_changes"] is True
     schema = client.get("/openapi.json").json()
     assert {"/register", "/recognize", "/contrast", "/users", "/users/{name}", "/health"} <= set(schema["paths"])
@@ -94,6 +98,10 @@ def test_register_recognize_contrast_list_remove(client, utterances):
     assert strict["threshold"] == 1.0 and strict["score"] < 1.0 + 1e-6
     assert strict["recognized"] is (strict["score"] >= 1.0)
     assert client.post("/recognize", files={"audio": flac(first)}, data={"threshold": "2"}).status_code == 422
+    named = client.post("/recognize", files={"audio": flac(second)}, data={"threshold": "far=0.001"}).json()
+    assert named["threshold"] == 0.8
+    assert_clean_error(client.post("/contrast", files={"audio1": flac(first), "audio2": flac(second)},
+                                   data={"threshold": "far=0.2"}), 422, "operating points: eer, far=0.001")
 
     same = client.post("/contrast", files={"audio1": flac(first), "audio2": flac(first)}).json()
     assert same == {"score": pytest.approx(1.0, abs=1e-4), "threshold": 0.5, "same_speaker": True}

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from mvector.audio import audio_duration
-from mvector.errors import AudioError, MVectorError
+from mvector.errors import AudioError, ConfigError, MVectorError
 from mvector.server.batcher import MicroBatcher
 from mvector.server.limits import BodySizeLimit
 from mvector.server.security import API_KEY_ENV, key_matches
@@ -39,7 +39,8 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; media-src 'self'
 
 log = logging.getLogger("mvector.server")
 _bearer = HTTPBearer(auto_error=False, description=f"the server's API key (${API_KEY_ENV})")
-Threshold = Annotated[float | None, Form(ge=-1.0, le=1.0, description="cosine threshold; default the server's")]
+Threshold = Annotated[str | None, Form(max_length=32, description="a cosine in [-1, 1] or an operating point of the "
+                                     "model (eer, far=0.01, far=0.001: see /health); default the server's")]
 
 
 class AudioTooLong(AudioError):
@@ -122,6 +123,13 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
     app.add_exception_handler(Exception, _internal_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    def chosen_threshold(value):
+        """The request's threshold as a cosine (422 naming the model's operating points when unknown)."""
+        try:
+            return predictor.resolve_threshold(value)
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
@@ -129,7 +137,8 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
     @app.get("/health", dependencies=[Depends(read_access)])
     async def health():
         """Liveness, the server's settings, and how much its requests have been batched."""
-        return {"status": "ok", "threshold": predictor.threshold, "sample_rate": predictor.sample_rate,
+        return {"status": "ok", "threshold": predictor.threshold, "operating_points": predictor.operating_points,
+                "sample_rate": predictor.sample_rate,
                 "embedding_size": predictor.embd_dim, "max_upload_mb": max_upload_mb,
                 "max_audio_seconds": max_audio_seconds, "key_for_reads": require_key_for_reads,
                 "accepts_changes": api_key is not None, "batching": batcher.stats()}
@@ -148,7 +157,7 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
                         threshold: Threshold = None):
         """The best-matching registered user: ``name`` is null when the best score is below the
         threshold (``score`` null as well when nobody is registered)."""
-        threshold = predictor.threshold if threshold is None else threshold
+        threshold = chosen_threshold(threshold)
         _, embedding, _ = await embed_upload(audio)
         name, score = await run_in_threadpool(library.recognition, embedding, threshold)
         return {"name": name, "score": score, "threshold": threshold, "recognized": name is not None}
@@ -158,7 +167,7 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
                        audio2: Annotated[UploadFile, File(description="second recording")],
                        threshold: Threshold = None):
         """Cosine similarity of two recordings, and whether it reaches the same-speaker threshold."""
-        threshold = predictor.threshold if threshold is None else threshold
+        threshold = chosen_threshold(threshold)
         (_, first, _), (_, second, _) = await asyncio.gather(embed_upload(audio1), embed_upload(audio2))
         score = float(np.clip(np.dot(first, second), -1.0, 1.0))
         return {"score": score, "threshold": threshold, "same_speaker": score >= threshold}

@@ -15,8 +15,8 @@ EXIT_ERROR = 2
 
 def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_path="audio_db/",
           api_key_file=None, max_upload_mb: float = 10.0, max_audio_seconds: float = 60.0,
-          threshold: float | None = None, use_gpu: bool = False, max_concurrency: int = 2,
-          backend: str = "torch") -> int:
+          threshold: float | str | None = None, use_gpu: bool = False, max_concurrency: int = 2,
+          backend: str = "torch", model: str | None = None) -> int:
     """Serve until interrupted; returns the process exit status (on SIGTERM uvicorn shuts down
     gracefully, then ends the process by that signal)."""
     try:
@@ -36,7 +36,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
         from mvector.voiceprint_db import VoiceprintDB
 
         predictor = MVectorPredictor(model_dir=model_dir, audio_db_path=audio_db_path, threshold=threshold,
-                                     use_gpu=use_gpu, backend=backend)
+                                     use_gpu=use_gpu, backend=backend, model=model)
         # The very library MVectorPredictor opens at audio_db_path (same model fingerprint and
         # re-embedding function), so this server and infer_recognition.py share one store.
         library = VoiceprintDB(audio_db_path, embed_fn=predictor.embed_waveforms,
