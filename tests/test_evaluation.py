@@ -293,7 +293,7 @@ def test_eval_script_without_model_dir_needs_a_shipped_model(tmp_path, capsys, m
     script = load_eval_script()
     assert script.main(["--trials", str(tmp_path / "t.tsv"), "--no_progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("eval.py: error: no --model_dir given and no pretrained model"), err
+    assert len(err) == 1 and err[0].startswith("eval.py: error: no --model_dir given and no pretrained default model is shipped"), err
 
 
 def test_save_threshold_stores_what_the_predictor_path_measures(model_dir, tmp_path, capsys):

@@ -169,6 +169,29 @@ def test_threshold_argument_overrides_and_a_missing_one_warns(tmp_path, model_di
         MVectorPredictor(model_dir, threshold=1.5)
 
 
+def test_operating_points_are_chosen_by_name(tmp_path, model_dir):
+    calibrated = shutil.copytree(model_dir, tmp_path / "calibrated")
+    state = json.loads((calibrated / "model.state").read_text())
+    state["operating_points"] = {"eer": {"threshold": 0.37, "far": 0.05, "frr": 0.05},
+                                 "far=0.01": {"threshold": 0.45, "far": 0.0099, "frr": 0.1},
+                                 "far=0.001": {"threshold": 0.6, "far": 0.001, "frr": 0.3}}
+    (calibrated / "model.state").write_text(json.dumps(state))
+    predictor = MVectorPredictor(calibrated, threshold="far=0.001")
+    assert predictor.threshold == 0.6
+    assert predictor.operating_points == {"eer": 0.37, "far=0.01": 0.45, "far=0.001": 0.6}
+    for spelling, expected in (("far=1e-3", 0.6), ("FAR=0.1%", 0.6), ("far=1%", 0.45), ("eer", 0.37), ("0.25", 0.25)):
+        assert predictor.resolve_threshold(spelling) == expected, spelling
+    a, b = dev_files(2)
+    assert predictor.verify(a, b, threshold="far=0.01")[0] == (predictor.contrast(a, b) >= 0.45)
+    for wrong in ("far=0.05", "strict", "far=x", "2.0"):
+        with pytest.raises(ConfigError, match=r"operating points: eer, far=0\.001, far=0\.01|\[-1, 1\]"):
+            predictor.resolve_threshold(wrong)
+    # A model calibrated before operating points existed offers its EER threshold alone.
+    assert MVectorPredictor(model_dir).operating_points == {"eer": 0.37}
+    with pytest.raises(ConfigError, match="its operating points: eer$"):
+        MVectorPredictor(model_dir, threshold="far=0.001")
+
+
 def test_asking_for_a_gpu_without_one_is_a_clear_error(model_dir):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
@@ -236,11 +259,21 @@ def test_bad_arguments_are_config_errors(model_dir):
         MVectorPredictor(model_dir.parent / "nowhere")
 
 
+def test_packaged_models_are_chosen_by_name(model_dir):
+    from mvector.pretrained import DEFAULT_MODEL_NAME, pretrained_model_dir, pretrained_models
+
+    assert pretrained_models()["default"] == pretrained_model_dir(DEFAULT_MODEL_NAME) == pretrained_model_dir()
+    with pytest.raises(MVectorError, match="no packaged model named 'huge'; packaged: default, "):
+        MVectorPredictor(model="huge")
+    with pytest.raises(ConfigError, match="give model_dir or model, not both"):
+        MVectorPredictor(model_dir, model="default")
+
+
 def test_no_model_dir_and_no_shipped_model_is_a_clear_error(monkeypatch):
     import mvector.pretrained
 
     monkeypatch.setattr(mvector.pretrained, "DEFAULT_MODEL_NAME", "NoSuchModel")  # as before one ships
-    with pytest.raises(MVectorError, match="no pretrained model is shipped yet; pass model_dir"):
+    with pytest.raises(MVectorError, match="no pretrained default model is shipped .*; pass model_dir"):
         MVectorPredictor()
 
 

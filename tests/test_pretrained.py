@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mvector.model_dir import MODEL_FILE, STATE_FILE
-from mvector.pretrained import default_model_dir
+from mvector.pretrained import DEFAULT_MODEL_NAME, default_model_dir, pretrained_models
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "dev"
@@ -20,13 +20,29 @@ def model_dir():
     return default_model_dir()
 
 
-def test_the_default_model_is_small_and_carries_its_threshold_and_card(model_dir):
-    assert (model_dir / MODEL_FILE).stat().st_size <= MAX_WEIGHTS_BYTES
-    state = json.loads((model_dir / STATE_FILE).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", sorted(set(pretrained_models()) - {"default"}))
+def test_every_packaged_model_is_small_calibrated_and_documented(name):
+    folder = pretrained_models()[name]
+    assert (folder / MODEL_FILE).stat().st_size <= MAX_WEIGHTS_BYTES
+    state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
     assert 0.0 < state["threshold"] < 1.0 and 0.0 <= state["eer"] < 0.5
-    card = (model_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
-    for must in ("LibriSpeech", "Common Voice", "speechocean762", "EER", "MinDCF"):
-        assert must in card
+    points = state["operating_points"]
+    assert set(points) == {"eer", "far=0.01", "far=0.001"} and points["eer"]["threshold"] == state["threshold"]
+    assert points["far=0.001"]["far"] <= 0.001 and points["far=0.01"]["far"] <= 0.01
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    for must in ("Common Voice", "speechocean762", "EER", "MinDCF", "Limits"):
+        assert must in card, must
+    if "imported_from" in state:  # weights of others: their licence, notice and our changes come along
+        notice = (folder / "NOTICE").read_text(encoding="utf-8")
+        assert state["imported_from"]["sha256"] in notice and "Changes made by mvector" in notice
+        assert "Apache License" in (folder / "LICENSE").read_text(encoding="utf-8")
+        assert "What we changed" in card
+
+
+def test_the_default_is_the_imported_3dspeaker_model(model_dir):
+    state = json.loads((model_dir / STATE_FILE).read_text(encoding="utf-8"))
+    assert model_dir.name == DEFAULT_MODEL_NAME == "CAMPPlus_3DSpeaker"
+    assert state["imported_from"]["toolkit"] == "3D-Speaker"
 
 
 def dev_pairs(label, count):

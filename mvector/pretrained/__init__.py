@@ -21,14 +21,33 @@ def _import_3dspeaker(checkpoint, out_dir, model=None, overwrite=False):
 
 IMPORT_SOURCES["3dspeaker"] = _import_3dspeaker
 
-# The model MVectorPredictor uses when no model_dir is given.
-DEFAULT_MODEL_NAME = "EcapaTdnn_Fbank"
+# The packaged model MVectorPredictor uses when given neither model_dir nor model.
+DEFAULT_MODEL_NAME = "CAMPPlus_3DSpeaker"
+# Names a user may give instead of a folder name (MVectorPredictor(model=...), --model).
+MODEL_ALIASES = {"default": lambda: DEFAULT_MODEL_NAME}
+
+
+def pretrained_models() -> dict:
+    """``name -> folder`` of every model shipped in this installation, aliases included."""
+    here = Path(__file__).resolve().parent
+    folders = {p.name: p for p in sorted(here.iterdir()) if (p / MODEL_FILE).is_file()}
+    aliases = {alias: folders[target()] for alias, target in MODEL_ALIASES.items() if target() in folders}
+    return {**aliases, **folders}
+
+
+def pretrained_model_dir(name: str = None) -> Path:
+    """The folder of the packaged model ``name`` (None: the default); MVectorError naming the shipped
+    ones when there is no such model."""
+    models = pretrained_models()
+    name = "default" if name is None else name
+    if name == "default" and name not in models:
+        raise MVectorError(f"no pretrained default model is shipped ({DEFAULT_MODEL_NAME} is missing from this "
+                           f"installation); pass model_dir (a directory written by train.py or import_model.py)")
+    if name not in models:
+        raise MVectorError(f"no packaged model named {name!r}; packaged: {', '.join(models)} (or pass model_dir)")
+    return models[name]
 
 
 def default_model_dir() -> Path:
     """The packaged default model directory; MVectorError while none is shipped."""
-    path = Path(__file__).resolve().parent / DEFAULT_MODEL_NAME
-    if not (path / MODEL_FILE).is_file():
-        raise MVectorError("no pretrained model is shipped yet; pass model_dir "
-                           f"(a directory written by training, e.g. --model_dir models/{DEFAULT_MODEL_NAME})")
-    return path
+    return pretrained_model_dir(None)
