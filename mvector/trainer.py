@@ -26,6 +26,7 @@ from mvector.augment import SpecAugment, build_wave_augmentation
 from mvector.config import apply_overrides, config_from_dict, load_config
 from mvector.curation import check_curation_conf, curated_exclusions
 from mvector.data import SpeakerCropDataset, build_train_loader
+from mvector.distillation import check_distillation_conf, distillation_loss, init_head_from_teacher, teacher_table
 from mvector.distributed import init_distributed, shutdown_distributed
 from mvector.embedder import SpeakerEmbedder, build_featurizer
 from mvector.errors import ConfigError, MVectorError, ModelMismatchError
@@ -51,8 +52,9 @@ class TrainGraph(nn.Module):
     The loss is inside so that DDP also synchronises the gradients of a loss's own parameters.
     """
 
-    def __init__(self, wave_augment, featurizer, spec_augment, backbone, classifier, loss):
+    def __init__(self, wave_augment, featurizer, spec_augment, backbone, classifier, loss, distill_weight=0.0):
         super().__init__()
+        self.distill_weight = float(distill_weight)
         self.wave_augment = wave_augment
         self.featurizer = featurizer
         self.spec_augment = spec_augment
@@ -60,7 +62,8 @@ class TrainGraph(nn.Module):
         self.classifier = classifier
         self.loss = loss
 
-    def forward(self, waveforms, lengths, labels):
+    def forward(self, waveforms, lengths, labels, teacher=None):
+        """``teacher``: the teacher's embeddings ``[B, E]`` of the crops' utterances (distillation)."""
         if self.wave_augment is not None and self.training:
             waveforms = self.wave_augment(waveforms, lengths)
         features, frame_lengths = self.featurizer(waveforms, lengths)
@@ -68,9 +71,10 @@ class TrainGraph(nn.Module):
             features = self.spec_augment(features, frame_lengths)
         embeddings = self.backbone(features, frame_lengths)
         outputs = self.classifier(embeddings)
-        if self.loss.needs_embeddings:
-            return self.loss(outputs, labels, embeddings), outputs
-        return self.loss(outputs, labels), outputs
+        loss = self.loss(outputs, labels, embeddings) if self.loss.needs_embeddings else self.loss(outputs, labels)
+        if teacher is not None:
+            loss = loss + self.distill_weight * distillation_loss(embeddings, teacher)
+        return loss, outputs
 
 
 def check_pairing(loss, classifier, config) -> None:
@@ -210,6 +214,8 @@ class MVectorTrainer:
         seed_everything(seed)
         speed_perturb, self.wave_augment = build_wave_augmentation(dataset_conf["aug_conf_path"],
                                                                    dataset_conf["sample_rate"])
+        distillation = train_conf["distillation"]
+        check_distillation_conf(distillation, speed_perturb)
         self.dataset = SpeakerCropDataset(train_list, dataset_conf, speed_perturb=speed_perturb, seed=seed)
         self.num_classes = self.dataset.num_speakers
         self.loader = build_train_loader(self.dataset, dataset_conf["batch_size"], dataset_conf["num_workers"],
@@ -228,7 +234,15 @@ class MVectorTrainer:
         check_pairing(self.loss, self.classifier, conf)
         spec_augment = SpecAugment.from_config(dataset_conf["aug_conf_path"])
         self.graph = TrainGraph(self.wave_augment, self.featurizer, spec_augment, self.backbone, self.classifier,
-                                self.loss).to(self.device)
+                                self.loss, distillation["weight"]).to(self.device)
+        self.teacher = None
+        if distillation["teacher"] is not None:
+            # Rank 0 embeds and caches; the other ranks then read the cache.
+            if self.ctx.is_main:
+                teacher_table(distillation["teacher"], self.dataset, self.model_dir, self.device)
+            self.ctx.barrier()
+            self.teacher = teacher_table(distillation["teacher"], self.dataset, self.model_dir, self.device,
+                                         progress=False)
         # The parts of model.pth; a loss part only for losses with tensors of their own (SphereFace2's bias).
         self.parts = {"backbone": self.backbone, "classifier": self.classifier}
         if self.loss.state_dict():
@@ -337,7 +351,8 @@ class MVectorTrainer:
             return training["epoch"] + 1, 0, rng
         return training["epoch"], training["batches_done"], rng
 
-    def _load_pretrained(self, path, allow_partial) -> None:
+    def _load_pretrained(self, path, allow_partial) -> bool:
+        """Load what fits of another model directory; True when its classifier head was loaded too."""
         config, weights, _ = read_model_dir(path)
         if config["preprocess_conf"] != self.config["preprocess_conf"]:
             message = (f"--pretrained {path}: its front-end {config['preprocess_conf']} differs from this config's "
@@ -349,6 +364,14 @@ class MVectorTrainer:
         self._log(f"pretrained {path}: loaded {loaded} tensor(s), left out {len(report)}")
         for line in report:
             self._log("  " + line)
+        return not any(line.startswith("classifier.") for line in report)
+
+    def _init_head_from_teacher(self) -> None:
+        """A head that did not come with --pretrained starts at the teacher's speaker centres."""
+        labels = [u.label for u in self.dataset.utterances]
+        if self.num_classes == self.dataset.num_base_speakers and init_head_from_teacher(
+                self.classifier, self.teacher, labels):
+            self._log("classifier centres set to the teacher's mean embedding of each speaker")
 
     # ------------------------------------------------------------------ curation and evaluation
 
@@ -399,11 +422,13 @@ class MVectorTrainer:
             self._build()
             self.global_step, self.best_eer, self.last_metrics = 0, None, {}
             self._excluded, self._warned_no_trials, self.last_state = None, False, {}
-            start_epoch, skip, rng = 1, 0, None
+            start_epoch, skip, rng, head_loaded = 1, 0, None, False
             if resume:
                 start_epoch, skip, rng = self._resume()
             elif pretrained:
-                self._load_pretrained(pretrained, allow_partial)
+                head_loaded = self._load_pretrained(pretrained, allow_partial)
+            if self.teacher is not None and not resume and not head_loaded:
+                self._init_head_from_teacher()
             # Different seeds per rank after the weights are equal: distinct SpecAugment/dropout draws.
             seed_everything(self.train_conf["seed"] + self.ctx.rank)
             self._wrap()
@@ -481,8 +506,9 @@ class MVectorTrainer:
                 waveforms = waveforms.to(self.device, non_blocking=True)
                 lengths = lengths.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
+                teacher = None if self.teacher is None else self.teacher[indices].to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
-                    loss, outputs = self.model(waveforms, lengths, labels)
+                    loss, outputs = self.model(waveforms, lengths, labels, teacher)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if train_conf["grad_clip"]:

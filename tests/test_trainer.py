@@ -233,3 +233,61 @@ def test_a_torch_compile_failure_says_how_to_train_without_it(data, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error: torch.compile failed") and "use_compile=false" in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_distillation_pulls_crops_to_the_teachers_utterance_embeddings(trained, data, caplog):
+    """A student distilled from the trained model: a head that --pretrained does not bring starts at the
+    speakers' mean teacher embeddings, the teacher's table is cached and reused."""
+    teacher = trained.dir / "best_model"
+    overrides = tiny_overrides(data.train, max_steps=2) + [f"train_conf.distillation.teacher={teacher}",
+                                                           "train_conf.distillation.weight=5.0",
+                                                           "optimizer_conf.optimizer_args.lr=0.0"]
+    with caplog.at_level(logging.INFO, logger="mvector.trainer"):
+        run = train(data.dir / "distilled", overrides)
+    assert "classifier centres set to the teacher's mean embedding" in caplog.text
+    cache = torch.load(run.dir / "teacher_embeddings.pt", weights_only=True)
+    table = cache["embeddings"]
+    dataset = run.trainer.dataset
+    assert table.shape == (len(dataset.utterances), 16)
+    embedder, _, _ = load_embedder(teacher)
+    with torch.inference_mode():
+        first = torch.nn.functional.normalize(embedder(torch.from_numpy(dataset.waveform(0))[None]), dim=-1)[0]
+    torch.testing.assert_close(table[0], first, rtol=1e-4, atol=1e-5)
+    labels = torch.tensor([u.label for u in dataset.utterances])
+    centre = torch.nn.functional.normalize(table[labels == 2].mean(0), dim=0)
+    # lr 0: the head is still what the teacher set.
+    torch.testing.assert_close(run.trainer.classifier.weight[2].detach(), centre, rtol=1e-5, atol=1e-6)
+
+    # The same teacher and list again: the cached table is read, not recomputed; a head that
+    # --pretrained brings is kept.
+    stamp = (run.dir / "teacher_embeddings.pt").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mvector.trainer"):
+        again = train(data.dir / "distilled", overrides, pretrained=teacher)
+    assert (run.dir / "teacher_embeddings.pt").stat().st_mtime_ns == stamp
+    assert "classifier centres set" not in caplog.text
+    _, given, _ = read_model_dir(teacher)
+    assert torch.equal(again.trainer.classifier.weight.detach(), given["classifier.weight"])
+
+
+def test_distillation_term_is_weighted_one_minus_cosine():
+    from mvector.distillation import distillation_loss
+
+    student = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert float(distillation_loss(student, teacher)) == pytest.approx(0.5)
+
+
+def test_distillation_settings_are_checked(data):
+    from mvector.augment import build_wave_augmentation
+    from mvector.distillation import check_distillation_conf
+
+    with pytest.raises(ConfigError, match="distillation.weight must be > 0"):
+        check_distillation_conf({"teacher": "t", "weight": 0.0}, None)
+    speed_aug = data.dir / "speed.yml"
+    speed_aug.write_text("speed: {prob: 0.5}\nreverb: {prob: 0.0}\nnoise: {prob: 0.0}\nvolume: {prob: 0.0}\n",
+                         encoding="utf-8")
+    speed, _ = build_wave_augmentation(speed_aug)
+    with pytest.raises(ConfigError, match="speed.prob to 0"):
+        check_distillation_conf({"teacher": "t", "weight": 1.0}, speed)
+    check_distillation_conf({"teacher": None, "weight": 0.0}, speed)  # no teacher: nothing to check
