@@ -5,8 +5,9 @@
 
 Writes ``mvector/pretrained/<name>/`` (or ``--out_dir``) with the backbone's weights in fp16 (the
 classifier and the training state are not needed to embed), the config and model.state, then
-measures the EER threshold through MVectorPredictor on the trials (eval.py --save_threshold) and
-stores it there.
+measures the EER threshold and the operating points through MVectorPredictor on the trials
+(eval.py --save_threshold) and stores them there. A model card, LICENSE and NOTICE already in the
+folder are kept.
 """
 import argparse
 import json
@@ -20,6 +21,8 @@ from mvector.calibration import calibrate  # noqa: E402
 from mvector.model_dir import backbone_weights, read_model_dir, save_model_dir  # noqa: E402
 
 KEEP_STATE = ("epoch", "step", "num_classes", "margin", "imported_from")
+# Written by hand beside a shipped model's weights; a repackaging keeps them.
+DOCUMENTS = ("MODEL_CARD.md", "LICENSE", "NOTICE")
 
 
 def main(argv=None) -> int:
@@ -33,7 +36,10 @@ def main(argv=None) -> int:
     config, weights, state = read_model_dir(args.model_dir)
     out = Path(args.out_dir) if args.out_dir else ROOT / "mvector" / "pretrained" / args.name
     kept = {k: state[k] for k in KEEP_STATE if k in state}
+    documents = {name: (out / name).read_bytes() for name in DOCUMENTS if (out / name).is_file()}
     save_model_dir(out, backbone_weights(weights), config, kept, half=True)
+    for name, content in documents.items():
+        (out / name).write_bytes(content)
     result = calibrate(out, args.trials)
     print(json.dumps({"model_dir": str(out), **result}, indent=2))
     return 0
