@@ -5,8 +5,15 @@ one folder of enrolment audio (16-bit FLAC) per user, named by an internal rando
 user's name, so no name can collide with another or with the library's own files.
 
 Crash safety: every change is one SQLite transaction. Audio is written under a temporary name
-first and renamed into place after the commit; opening the library finishes such renames for
-committed rows and sweeps what has no row (temporary files, unknown user folders and files).
+first and renamed into place after the commit; erasing a user renames their folder to an
+``.erasing-`` name before the commit and deletes it after. Opening the library finishes what a
+killed process left: renames for committed rows, erasures that committed (an ``.erasing-`` folder
+whose user is gone; one whose user is still there is renamed back), temporary audio with no row
+(no registration can be in flight while the sweep holds the lock file; without flock, once older
+than TMP_GRACE_SECONDS). It deletes nothing else: user folders and audio files the
+database does not know (a lost, damaged or older database) are moved to ``.quarantine/`` and
+reported, and move back by themselves once a restored database knows them again. A missing or empty
+database beside stored audio is an error, never a fresh empty library.
 A row whose audio file went missing keeps its embedding: the embedding is what search uses, the
 audio only serves re-embedding when the model changes.
 
@@ -44,6 +51,12 @@ except ImportError:  # Windows: no flock; one process at a time is all it can sh
 DB_FILE = "voiceprints.sqlite"
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
+ERASING_PREFIX = ".erasing-"
+QUARANTINE_DIR = ".quarantine"
+# Where the lock file cannot be held (no flock), a temporary audio file with no row is deleted only when
+# this old: a younger one may be a registration still in flight in another process. With the lock held
+# exclusively, none can be (writers hold it shared from their temporary file to its final name).
+TMP_GRACE_SECONDS = 3600
 AUDIO_SUFFIX = ".flac"
 MAX_NAME_LENGTH = 128
 SCHEMA_VERSION = "1"
@@ -111,13 +124,6 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 class VoiceprintDB:
     """A durable library of users' voiceprints; safe to share between processes.
 
@@ -145,6 +151,7 @@ class VoiceprintDB:
             raise VoiceprintError(f"voiceprint library path {self.path} is not a folder")
         try:
             self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            self._check_database_present()
             self._conn = self._connect()
             self._sweep()
             self._follow_model()
@@ -199,16 +206,25 @@ class VoiceprintDB:
         name = normalize_user_name(name)
         with self._lock, self._file_lock(shared=False):
             outside_change = self._changed_elsewhere()
-            with self._transaction() as conn:
-                row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
+            row = None
+            try:
+                with self._transaction() as conn:
+                    row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
+                    if row is not None:
+                        conn.execute("DELETE FROM enrolments WHERE user_id = ?", (row[0],))
+                        conn.execute("DELETE FROM users WHERE id = ?", (row[0],))
+                        # Marked before the commit: a folder under this name whose user is gone was
+                        # erased, and the next open may finish deleting it.
+                        self._rename_folder(row[1], ERASING_PREFIX + row[1])
+                    outside_change = outside_change or self._changed_elsewhere()
+            except BaseException:
                 if row is not None:
-                    conn.execute("DELETE FROM enrolments WHERE user_id = ?", (row[0],))
-                    conn.execute("DELETE FROM users WHERE id = ?", (row[0],))
-                outside_change = outside_change or self._changed_elsewhere()
+                    self._rename_folder(ERASING_PREFIX + row[1], row[1])
+                raise
             if row is None:
                 return False
             self._truncate_wal()
-            shutil.rmtree(self.path / row[1], ignore_errors=True)
+            shutil.rmtree(self.path / (ERASING_PREFIX + row[1]), ignore_errors=True)
             if outside_change:
                 self._load()
             else:
@@ -444,29 +460,97 @@ class VoiceprintDB:
         os.replace(tmp, self.path / folder / file)
         fsync_dir(self.path / folder)
 
+    def _rename_folder(self, old: str, new: str) -> None:
+        if (self.path / old).is_dir() and not (self.path / new).exists():
+            os.replace(self.path / old, self.path / new)
+            fsync_dir(self.path)
+
+    def _stored_audio(self) -> list:
+        """User folders, erasures in progress and quarantined audio in the library folder."""
+        names = [e for e in self.path.iterdir() if e.is_dir() and (
+            _ID.fullmatch(e.name) or e.name.startswith(ERASING_PREFIX))]
+        quarantine = self.path / QUARANTINE_DIR
+        return names + (list(quarantine.iterdir()) if quarantine.is_dir() else [])
+
+    def _check_database_present(self) -> None:
+        """A missing or empty database beside stored audio means the index of users was lost: opening a
+        fresh library there would orphan everyone's enrolment audio."""
+        db = self.path / DB_FILE
+        if db.is_file() and db.stat().st_size > 0:
+            return
+        stored = self._stored_audio()
+        if stored:
+            state = "is empty (0 bytes)" if db.is_file() else "is missing"
+            raise VoiceprintError(
+                f"voiceprint library {self.path}: {DB_FILE} {state}, but the folder holds the enrolment audio "
+                f"of {len(stored)} user folder(s); nothing was changed. Restore {DB_FILE} (with its -wal file) "
+                f"from a backup, or move the library's folders elsewhere to start an empty library here")
+
+    def _quarantine(self, entry: Path, relative: str) -> None:
+        target = self.path / QUARANTINE_DIR / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+        os.replace(entry, target)
+
+    def _restore_quarantined(self, folders: set, placed: dict) -> None:
+        """Move quarantined audio back where the database (e.g. restored from a backup) expects it."""
+        quarantine = self.path / QUARANTINE_DIR
+        if not quarantine.is_dir():
+            return
+        for held in list(quarantine.iterdir()):
+            if not (held.is_dir() and held.name in folders):
+                continue
+            for audio in list(held.iterdir()):
+                if placed.get(audio.name) == held.name and not (self.path / held.name / audio.name).exists():
+                    (self.path / held.name).mkdir(exist_ok=True)
+                    os.replace(audio, self.path / held.name / audio.name)
+            with contextlib.suppress(OSError):
+                held.rmdir()  # only when everything went back
+        with contextlib.suppress(OSError):
+            quarantine.rmdir()
+
     def _sweep(self) -> None:
-        """Finish what a killed process left: rename committed temporary audio into place, delete
-        temporary audio with no row, user folders with no user and audio files with no row.
-        Only names of the library's own patterns are touched: other files in the folder stay."""
+        """Finish what a killed process left (see the module docstring); quarantine, never delete,
+        what the database does not know. Only names of the library's own patterns are touched: other
+        files in the folder stay."""
         with self._file_lock(shared=False):
             conn = self._live_conn()
             folders = {folder for (folder,) in conn.execute("SELECT folder FROM users")}
             placed = dict(conn.execute("SELECT e.file, u.folder FROM enrolments e JOIN users u "
                                        "ON u.id = e.user_id"))
-            for entry in self.path.iterdir():
+            self._restore_quarantined(folders, placed)
+            unknown_folders, unknown_files = 0, 0
+            for entry in sorted(self.path.iterdir()):
                 if entry.name.startswith(TMP_PREFIX) and _AUDIO_NAME.fullmatch(entry.name[len(TMP_PREFIX):]):
                     file = entry.name[len(TMP_PREFIX):]
                     if file in placed:
                         self._place_audio(entry, placed[file], file)
-                    else:
+                    elif self._lock_fd is not None and fcntl is not None or \
+                            time.time() - entry.stat().st_mtime > TMP_GRACE_SECONDS:
                         entry.unlink(missing_ok=True)
+                elif entry.name.startswith(ERASING_PREFIX) and _ID.fullmatch(entry.name[len(ERASING_PREFIX):]):
+                    folder = entry.name[len(ERASING_PREFIX):]
+                    if folder in folders:  # the erasure never committed
+                        self._rename_folder(entry.name, folder)
+                    else:
+                        shutil.rmtree(entry, ignore_errors=True)
                 elif _ID.fullmatch(entry.name) and entry.is_dir():
                     if entry.name not in folders:
-                        shutil.rmtree(entry, ignore_errors=True)
+                        self._quarantine(entry, entry.name)
+                        unknown_folders += 1
                         continue
-                    for stray in entry.iterdir():
+                    for stray in list(entry.iterdir()):
                         if placed.get(stray.name) != entry.name:
-                            _remove(stray)
+                            self._quarantine(stray, f"{entry.name}/{stray.name}")
+                            unknown_files += 1
+            if unknown_folders or unknown_files:
+                warnings.warn(
+                    f"voiceprint library {self.path}: {unknown_folders} user folder(s) and {unknown_files} audio "
+                    f"file(s) that {DB_FILE} does not know were moved to {self.path / QUARANTINE_DIR}; nothing was "
+                    f"deleted. If {DB_FILE} was restored from an older backup or lost its -wal file, put the newer "
+                    f"database back (the audio returns by itself); otherwise the quarantine is yours to delete",
+                    stacklevel=3)
 
     # ----- model changes ----------------------------------------------------------------------
 

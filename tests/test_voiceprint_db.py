@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import soundfile as sf
 from mvector.errors import MVectorError
 from mvector import search_index
 from mvector.search_index import SearchIndex, exhaustive
-from mvector.voiceprint_db import DB_FILE, TMP_PREFIX, UserNameError, VoiceprintDB, VoiceprintError
+from mvector.voiceprint_db import (DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, UserNameError, VoiceprintDB,
+                                  VoiceprintError)
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -179,7 +181,7 @@ def test_not_a_database_is_a_clear_error(tmp_path):
         open_db(tmp_path)
 
 
-def test_open_sweeps_strays_and_finishes_committed_renames(tmp_path):
+def test_open_finishes_committed_renames_and_quarantines_what_the_database_does_not_know(tmp_path):
     rng = np.random.default_rng(7)
     with open_db(tmp_path) as db:
         db.register("gina", wave(rng), rng.standard_normal(DIM))
@@ -187,16 +189,93 @@ def test_open_sweeps_strays_and_finishes_committed_renames(tmp_path):
     # Killed after the commit, before the rename: the audio still has its temporary name.
     os.replace(tmp_path / folder / file, tmp_path / (TMP_PREFIX + file))
     (tmp_path / (TMP_PREFIX + "0" * 32 + ".flac")).write_bytes(b"uncommitted")  # killed before the commit
-    (tmp_path / ("f" * 32)).mkdir()  # a user folder whose user was removed
+    (tmp_path / ("f" * 32)).mkdir()  # a user folder the database does not know
     (tmp_path / ("f" * 32) / ("1" * 32 + ".flac")).write_bytes(b"x")
     (tmp_path / folder / ("2" * 32 + ".flac")).write_bytes(b"no row")
     (tmp_path / "README.md").write_text("not ours")  # not a library name: left alone
     (tmp_path / "notes").mkdir()
-    with open_db(tmp_path) as db:
-        assert db.get_users() == ["gina"]
+    with pytest.warns(UserWarning, match=r"1 user folder\(s\) and 1 audio file\(s\) .* nothing was deleted"):
+        with open_db(tmp_path) as db:
+            assert db.get_users() == ["gina"]
     assert (tmp_path / folder / file).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lock", DB_FILE, folder, "README.md", "notes"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".lock", DB_FILE, folder, "README.md", "notes", QUARANTINE_DIR])
     assert [p.name for p in (tmp_path / folder).iterdir()] == [file]
+    quarantine = tmp_path / QUARANTINE_DIR
+    assert (quarantine / ("f" * 32) / ("1" * 32 + ".flac")).read_bytes() == b"x"
+    assert (quarantine / folder / ("2" * 32 + ".flac")).read_bytes() == b"no row"
+
+
+def library_with_users(path, names, seed=0):
+    rng = np.random.default_rng(seed)
+    with open_db(path) as db:
+        for name in names:
+            db.register(name, wave(rng), rng.standard_normal(DIM))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_lost_database_beside_stored_audio_is_an_error_that_deletes_nothing(tmp_path, damage):
+    library_with_users(tmp_path, [f"user{i}" for i in range(5)])
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.flac"))
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / (DB_FILE + suffix)).unlink(missing_ok=True)
+    if damage == "emptied":
+        (tmp_path / DB_FILE).write_bytes(b"")
+    for _ in range(2):  # the error repeats: nothing was created in between
+        with pytest.raises(VoiceprintError, match=r"voiceprints.sqlite (is missing|is empty).*5 user folder\(s\); "
+                                                  r"nothing was changed. Restore"):
+            open_db(tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.flac")) == before
+    assert not (tmp_path / DB_FILE).exists() or (tmp_path / DB_FILE).stat().st_size == 0
+
+
+def test_an_older_backup_quarantines_newer_users_audio_which_returns_with_the_newer_database(tmp_path):
+    import shutil
+
+    library_with_users(tmp_path, ["ann", "bob"])
+    backup = tmp_path.parent / "backup.sqlite"
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    conn.execute(f"VACUUM INTO '{backup}'")  # a consistent copy, as an operator's backup would be
+    conn.close()
+    library_with_users(tmp_path, ["cat", "dan"], seed=1)
+    newer = tmp_path.parent / "newer.sqlite"
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    conn.execute(f"VACUUM INTO '{newer}'")
+    conn.close()
+    audio = sorted(p.read_bytes() for p in tmp_path.glob("*/*.flac"))
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / (DB_FILE + suffix)).unlink(missing_ok=True)
+    shutil.copy(backup, tmp_path / DB_FILE)  # the older backup restored
+    with pytest.warns(UserWarning, match=r"2 user folder\(s\) and 0 audio file\(s\)"):
+        with open_db(tmp_path) as db:
+            assert db.get_users() == ["ann", "bob"]
+    assert sorted(p.read_bytes() for p in tmp_path.rglob("*.flac")) == audio  # nothing lost
+    shutil.copy(newer, tmp_path / DB_FILE)  # the newer database back: the audio returns by itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with open_db(tmp_path) as db:
+            assert db.get_users() == ["ann", "bob", "cat", "dan"]
+    assert not (tmp_path / QUARANTINE_DIR).exists()
+    check_consistent(tmp_path)
+
+
+def test_an_interrupted_erasure_is_finished_or_undone_by_what_the_database_says(tmp_path):
+    library_with_users(tmp_path, ["eve", "fay"])
+    folders = dict(rows(tmp_path, "SELECT name, folder FROM users"))
+    # Killed between marking fay's folder and the commit: fay is still enrolled, her folder comes back.
+    os.replace(tmp_path / folders["fay"], tmp_path / (ERASING_PREFIX + folders["fay"]))
+    # Killed after eve's erasure committed, before her folder was deleted.
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM users WHERE name = 'eve'")
+    conn.close()
+    os.replace(tmp_path / folders["eve"], tmp_path / (ERASING_PREFIX + folders["eve"]))
+    with open_db(tmp_path) as db:
+        assert db.get_users() == ["fay"]
+    assert (tmp_path / folders["fay"]).is_dir() and not (tmp_path / (ERASING_PREFIX + folders["fay"])).exists()
+    assert not (tmp_path / (ERASING_PREFIX + folders["eve"])).exists() and not (tmp_path / folders["eve"]).exists()
+    check_consistent(tmp_path)
 
 
 def test_missing_audio_keeps_the_embedding(tmp_path):
