@@ -126,7 +126,12 @@ def load_pretrained(parts: dict, weights: dict, allow_partial: bool = False, whe
 
 
 def rng_state(device: torch.device) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream's state in types ``torch.load(weights_only=True)`` reads: tensors, numbers,
+    strings, tuples and dicts (numpy's key array becomes a tensor)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"bit_generator": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -134,10 +139,49 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["bit_generator"], numpy_state["keys"].numpy().astype(np.uint32),
+                       numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)  # a tuple with a numpy array in checkpoints written before
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# What a training.pth written before its RNG states became tensors needs besides weights_only's
+# types: numpy's array reconstruction, which runs no code of the file's choosing.
+_OLDER_TRAINING_STATE_GLOBALS = {"numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct",
+                                 "numpy.core.multiarray._reconstruct", "numpy.dtypes.UInt32DType"}
+
+
+def load_training_state(path: Path) -> dict:
+    """A ``training.pth``, loaded with ``weights_only=True``: a file that would run code is refused."""
+    import importlib
+
+    restart = ("start again with --pretrained from its model directory (the weights are kept; the "
+               "optimizer and schedules start over)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as first:  # older format, truncated, foreign or poisoned: decide which below
+        try:
+            needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:
+            needed = None
+        if not needed or not needed <= _OLDER_TRAINING_STATE_GLOBALS:
+            detail = f"it needs {', '.join(sorted(needed))}, which loading would run" if needed else \
+                f"{type(first).__name__}: {str(first).splitlines()[0][:150]}"
+            raise ModelMismatchError(f"{path}: cannot be read safely as a training state ({detail}); "
+                                     f"{restart}") from None
+    allowed = []  # all of them: the dtype classes are found only while loading
+    for name in _OLDER_TRAINING_STATE_GLOBALS:
+        module, _, attribute = name.rpartition(".")
+        try:
+            allowed.append((getattr(importlib.import_module(module), attribute), name))
+        except (ImportError, AttributeError):  # the other numpy major version's path
+            continue
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -323,10 +367,7 @@ class MVectorTrainer:
         _, weights, _ = read_model_dir(path)
         for prefix, module in self.parts.items():
             load_state_strict(module, split_weights(weights, prefix), str(path / MODEL_FILE))
-        try:
-            training = torch.load(path / TRAINING_FILE, map_location="cpu", weights_only=False)
-        except Exception as exc:  # truncated or foreign: name the file
-            raise ModelMismatchError(f"{path / TRAINING_FILE}: cannot load training state ({exc})") from None
+        training = load_training_state(path / TRAINING_FILE)
         if training["steps_per_epoch"] != self.steps_per_epoch:
             raise ConfigError(f"--resume: {path} was trained with {training['steps_per_epoch']} steps per epoch, "
                               f"this run has {self.steps_per_epoch} (train list, batch size or process count "

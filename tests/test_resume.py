@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,3 +158,43 @@ def test_ctrl_c_stops_with_one_line_and_keeps_the_finished_epochs(tmp_path):
     assert child.returncode == 130
     assert "Traceback" not in stderr and "interrupted" in stderr.splitlines()[-1] and "--resume" in stderr
     assert read_model_dir(first_epoch.parent)[1]
+
+
+class _Payload:
+    """Unpickling this runs a command: what a poisoned checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_training_state_is_read_with_weights_only_and_a_poisoned_file_runs_nothing(tmp_path):
+    import random
+
+    from mvector.errors import ModelMismatchError
+    from mvector.trainer import load_training_state, rng_state, set_rng_state
+
+    device = torch.device("cpu")
+    torch.save({"rng": [rng_state(device)], "global_step": 3}, tmp_path / "new.pth")
+    state = load_training_state(tmp_path / "new.pth")
+    expected = (random.random(), np.random.random(), torch.rand(1))
+    set_rng_state(state["rng"][0], device)
+    assert (random.random(), np.random.random(), torch.rand(1)) == expected  # every stream restored
+
+    # Written before the RNG states became tensors: numpy's state as an array, still read.
+    older = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save({"rng": [older]}, tmp_path / "older.pth")
+    expected = np.random.random()
+    set_rng_state(load_training_state(tmp_path / "older.pth")["rng"][0], device)
+    assert np.random.random() == expected
+
+    marker = tmp_path / "pwned"
+    torch.save({"rng": [_Payload(marker)]}, tmp_path / "poisoned.pth")
+    with pytest.raises(ModelMismatchError, match=r"poisoned.pth: cannot be read safely .*posix.system.*--pretrained"):
+        load_training_state(tmp_path / "poisoned.pth")
+    assert not marker.exists()
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "new.pth").read_bytes()[:100])
+    with pytest.raises(ModelMismatchError, match="cut.pth: cannot be read safely"):
+        load_training_state(tmp_path / "cut.pth")
