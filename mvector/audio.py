@@ -18,6 +18,7 @@ from mvector.errors import AudioError, ConfigError
 
 __all__ = [
     "AudioError",
+    "DEFAULT_MAX_DURATION",
     "MAX_CHANNELS",
     "SILENCE_PEAK",
     "TRUNCATION_TOLERANCE",
@@ -33,6 +34,12 @@ SILENCE_PEAK = 1e-4
 # A 2-D array is (samples, channels) or (channels, samples); its smaller side is the channel
 # axis, and more channels than this means the array is not audio laid out either way.
 MAX_CHANNELS = 8
+# The longest recording decoded by default (a one-hour meeting must still load): decoding stops past it,
+# counted in decoded samples at the file's own rate, so a small file that expands to days of audio
+# (a decompression bomb: packets of silence, a header claiming 1 Hz) never fills memory.
+DEFAULT_MAX_DURATION = 4 * 3600.0
+# A header declaring more frames than this (a day at 192 kHz) is not believed, whatever the limit.
+_MAX_HEADER_FRAMES = 24 * 3600 * 192_000
 # A file that yields fewer frames than its header declares is truncated. Compressed formats
 # without an exact length (MP3 without a Xing frame) only estimate it, hence some slack.
 TRUNCATION_TOLERANCE = 0.01
@@ -60,6 +67,7 @@ def load_audio(
     target_sample_rate: int | None = 16000,
     *,
     min_duration: float = 0.0,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
     normalize_db: float | None = None,
     vad: bool = False,
     name: str | None = None,
@@ -72,7 +80,8 @@ def load_audio(
     ``sample_rate`` is required for arrays and tensors; files carry their own, so it is
     ignored for them. ``target_sample_rate=None`` keeps the native rate.
     ``vad=True`` trims leading and trailing non-speech (see vad_trim); ``min_duration``
-    (seconds) is checked after it. ``normalize_db`` scales to that RMS level in dBFS.
+    (seconds) is checked after it. Longer than ``max_duration`` seconds (before trimming and
+    resampling; None: no limit) is an AudioError, raised as soon as decoding passes it. ``normalize_db`` scales to that RMS level in dBFS.
     ``name`` names the input in error messages.
     A float32 array input that needs no change is returned as is, sharing its memory.
     """
@@ -80,14 +89,19 @@ def load_audio(
         target_sample_rate = _positive_rate(target_sample_rate, "target_sample_rate", ConfigError)
     if not isinstance(min_duration, (int, float)) or not min_duration >= 0:
         raise ConfigError(f"min_duration must be a number of seconds >= 0, got {min_duration!r}")
+    if max_duration is not None and (isinstance(max_duration, bool) or not isinstance(max_duration, (int, float))
+                                     or not max_duration > 0):
+        raise ConfigError(f"max_duration must be a number of seconds > 0 or None, got {max_duration!r}")
     name = name or _describe(source)
 
     array = _as_numpy(source)
     if array is not None:
         rate = _array_rate(sample_rate, name)
         wav = _array_to_mono(array, name)
+        if max_duration is not None and len(wav) > max_duration * rate:
+            raise _too_long(name, max_duration)
     else:
-        wav, rate = _decode_file(_file_handle(source, name), name)
+        wav, rate = _decode_file(_file_handle(source, name), name, max_duration)
 
     _check_samples(wav, name)
     if vad:
@@ -105,9 +119,12 @@ def load_audio(
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-def audio_duration(source, sample_rate: int | None = None, *, name: str | None = None) -> float:
+def audio_duration(source, sample_rate: int | None = None, *, name: str | None = None,
+                   max_duration: float | None = DEFAULT_MAX_DURATION) -> float:
     """Duration of ``source`` in seconds, from the file header or container metadata
-    where they have it (no full decode); arrays and tensors need ``sample_rate``."""
+    where they have it (no full decode); arrays and tensors need ``sample_rate``. A stream
+    without a length is decoded to count it, stopping just past ``max_duration``: then the
+    figure returned is only known to exceed it."""
     name = name or _describe(source)
     array = _as_numpy(source)
     if array is not None:
@@ -122,7 +139,7 @@ def audio_duration(source, sample_rate: int | None = None, *, name: str | None =
             return sound.frames / sound.samplerate
     except (sf.SoundFileError, RuntimeError) as sf_error:
         _rewind(handle, start)
-        return _av_duration(handle, start, name, sf_error)
+        return _av_duration(handle, start, name, sf_error, max_duration)
 
 
 def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -324,32 +341,49 @@ def _rewind(handle, start: int | None) -> None:
         handle.seek(start)
 
 
-def _decode_file(handle, name: str) -> tuple[np.ndarray, int]:
+def _too_long(name: str, max_duration: float) -> AudioError:
+    return AudioError(f"{name}: longer than the {max_duration:g} s this accepts (max_duration); "
+                      f"cut it into shorter recordings")
+
+
+def _decode_file(handle, name: str, max_duration: float | None = None) -> tuple[np.ndarray, int]:
     """soundfile where libsndfile knows the format (fast, exact lengths); av otherwise."""
     start = _tell(handle)
     try:
         sound = sf.SoundFile(handle)
     except (sf.SoundFileError, RuntimeError) as sf_error:
         _rewind(handle, start)
-        return _decode_with_av(handle, name, sf_error)
+        return _decode_with_av(handle, name, sf_error, max_duration)
     with sound:
-        try:
-            wav = sound.read(dtype="float32", always_2d=True)
-        except (sf.SoundFileError, RuntimeError) as error:
-            raise AudioError(f"{name}: corrupt or truncated {sound.format} file ({error})") from error
-        # libsndfile returns what it could read of a cut-off file without complaint.
-        if len(wav) < sound.frames * (1.0 - TRUNCATION_TOLERANCE):
-            raise AudioError(
-                f"{name}: truncated {sound.format} file: header declares {sound.frames} "
-                f"frames, only {len(wav)} could be read"
-            )
-        cut_wav = _WAV_DATA_SIZE_MISMATCH.search(sound.extra_info)
-        if cut_wav and int(cut_wav["present"]) < int(cut_wav["declared"]) < _STREAMING_WAV_SIZE:
-            raise AudioError(
-                f"{name}: truncated {sound.format} file: header declares {cut_wav['declared']} "
-                f"data bytes, only {cut_wav['present']} present"
-            )
-        return _mix_to_mono(wav, channel_axis=1), sound.samplerate
+        if sound.frames <= _MAX_HEADER_FRAMES:
+            if max_duration is not None and sound.frames > max_duration * sound.samplerate:
+                raise _too_long(name, max_duration)  # before a byte of it is decoded
+            return _read_whole(sound, name)
+    # A header that cannot be trusted (a FLAC written to a pipe declares no length, which libsndfile
+    # reports as 2**63 - 1 frames and cannot seek past): FFmpeg decodes it, stopping at the limit.
+    _rewind(handle, start)
+    return _decode_with_av(handle, name, RuntimeError(f"header declares {sound.frames} frames"), max_duration)
+
+
+def _read_whole(sound, name: str) -> tuple[np.ndarray, int]:
+    """All of a file whose header is believed, checked against what the header declares."""
+    try:
+        wav = sound.read(dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, MemoryError, ValueError) as error:
+        raise AudioError(f"{name}: corrupt or truncated {sound.format} file ({error})") from error
+    # libsndfile returns what it could read of a cut-off file without complaint.
+    if len(wav) < sound.frames * (1.0 - TRUNCATION_TOLERANCE):
+        raise AudioError(
+            f"{name}: truncated {sound.format} file: header declares {sound.frames} "
+            f"frames, only {len(wav)} could be read"
+        )
+    cut_wav = _WAV_DATA_SIZE_MISMATCH.search(sound.extra_info)
+    if cut_wav and int(cut_wav["present"]) < int(cut_wav["declared"]) < _STREAMING_WAV_SIZE:
+        raise AudioError(
+            f"{name}: truncated {sound.format} file: header declares {cut_wav['declared']} "
+            f"data bytes, only {cut_wav['present']} present"
+        )
+    return _mix_to_mono(wav, channel_axis=1), sound.samplerate
 
 
 def _pyav(name: str, sf_error: Exception):
@@ -363,28 +397,42 @@ def _pyav(name: str, sf_error: Exception):
     return av
 
 
-def _decode_with_av(handle, name: str, sf_error: Exception) -> tuple[np.ndarray, int]:
+def _decode_with_av(handle, name: str, sf_error: Exception, max_duration: float | None = None,
+                    count_only: bool = False) -> tuple[np.ndarray, int]:
+    """Decode with FFmpeg, stopping once past ``max_duration`` seconds of decoded audio: an AudioError,
+    or with ``count_only`` the samples counted so far (as a length, no samples kept)."""
     av = _pyav(name, sf_error)
+    chunks, seconds, sample_rate = [], 0.0, None
     try:
         with av.open(handle, mode="r") as container:
             stream = _audio_stream(container, name)
             sample_rate = stream.rate
             # Decoders emit int16/int32/float, packed or planar; fltp gives (channels, samples).
             to_float = av.AudioResampler(format="fltp")
-            chunks = []
             for frame in container.decode(stream):
                 sample_rate = frame.sample_rate
+                seconds += frame.samples / frame.sample_rate
+                if max_duration is not None and seconds > max_duration:
+                    if count_only:
+                        break
+                    raise _too_long(name, max_duration)
+                if count_only:
+                    continue
                 for planar in to_float.resample(frame):
                     chunks.append(_mix_to_mono(planar.to_ndarray(), channel_axis=0))
-            for planar in to_float.resample(None):
-                chunks.append(_mix_to_mono(planar.to_ndarray(), channel_axis=0))
+            if not count_only:
+                for planar in to_float.resample(None):
+                    chunks.append(_mix_to_mono(planar.to_ndarray(), channel_axis=0))
     except av.FFmpegError as error:
         raise AudioError(_unreadable(name, sf_error, error)) from error
+    if count_only:
+        return seconds, 1
     wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     return wav, sample_rate
 
 
-def _av_duration(handle, start: int | None, name: str, sf_error: Exception) -> float:
+def _av_duration(handle, start: int | None, name: str, sf_error: Exception,
+                 max_duration: float | None = DEFAULT_MAX_DURATION) -> float:
     av = _pyav(name, sf_error)
     try:
         with av.open(handle, mode="r") as container:
@@ -395,10 +443,10 @@ def _av_duration(handle, start: int | None, name: str, sf_error: Exception) -> f
                 return container.duration / av.time_base
     except av.FFmpegError as error:
         raise AudioError(_unreadable(name, sf_error, error)) from error
-    # Some streams (raw ADTS AAC, ...) carry no length: count the samples.
+    # Some streams (raw ADTS AAC, WebM without a duration, ...) carry no length: count the samples.
     _rewind(handle, start)
-    wav, sample_rate = _decode_with_av(handle, name, sf_error)
-    return len(wav) / sample_rate
+    seconds, _ = _decode_with_av(handle, name, sf_error, max_duration, count_only=True)
+    return seconds
 
 
 def _audio_stream(container, name: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvector.audio import load_audio
+from mvector.audio import DEFAULT_MAX_DURATION, load_audio
 from mvector.backends import BACKENDS
 from mvector.embedder import window_starts
 from mvector.errors import ConfigError, MVectorError
@@ -165,11 +165,12 @@ class MVectorPredictor:
 
     # ------------------------------------------------------------------ embeddings
 
-    def load(self, audio, sample_rate=None) -> np.ndarray:
+    def load(self, audio, sample_rate=None, max_duration=DEFAULT_MAX_DURATION) -> np.ndarray:
         """``audio`` as the model hears it: mono float32 at its rate, normalised and VAD-trimmed as
-        its config says; AudioError naming the input when unusable or shorter than MIN_DURATION."""
+        its config says; AudioError naming the input when unusable, shorter than MIN_DURATION or
+        longer than ``max_duration`` seconds (decoding stops there)."""
         return load_audio(audio, sample_rate, target_sample_rate=self.sample_rate, min_duration=MIN_DURATION,
-                          normalize_db=self._target_db, vad=self._vad)
+                          max_duration=max_duration, normalize_db=self._target_db, vad=self._vad)
 
     def predict(self, audio, sample_rate=None) -> np.ndarray:
         """One L2-normalised float32 embedding ``[E]``."""

@@ -1,4 +1,5 @@
 """A tiny model directory with random weights for the predictor, export, CLI, recognition-app and microphone tests."""
+import io
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,21 @@ def bad_audio_files(folder):
         "too_short": (write_wav(folder / "short.wav", coloured_noise(0.1, seed=8)), "too short"),
         "nan": (write_wav(folder / "nan.wav", nan, subtype="FLOAT"), "NaN"),
     }
+
+
+def live_webm(seconds: float) -> bytes:
+    """Opus silence in WebM written as a live stream: no duration anywhere in the container."""
+    out = io.BytesIO()
+    import av
+
+    with av.open(out, "w", format="webm", options={"live": "1"}) as container:
+        stream = container.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        for i in range(int(seconds * 50)):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), dtype=np.float32), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 960
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()

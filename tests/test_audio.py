@@ -24,6 +24,7 @@ from mvector.audio import (
     vad_trim,
 )
 from mvector.errors import AudioError as ErrorsAudioError
+from predict_helpers import live_webm
 from mvector.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -483,3 +484,47 @@ def test_bad_parameters_are_config_errors(tone):
         load_audio(tone, 16000, min_duration=-1)
     with pytest.raises(ConfigError, match="orig_sr"):
         resample(tone, -8000, 16000)
+
+
+# ---------------------------------------------------------------- decompression bombs and lying headers
+
+def test_decoding_stops_at_max_duration_for_a_stream_without_a_length():
+    import tracemalloc
+
+    bomb = live_webm(30.0)
+    assert len(bomb) < 20_000  # 30 s of silence packets: tiny on the wire
+    tracemalloc.start()
+    with pytest.raises(AudioError, match=r"longer than the 5 s this accepts \(max_duration\)"):
+        load_audio(bomb, max_duration=5.0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5 * 48000 * 4 * 3  # a few times 5 s of float32 at 48 kHz, not 30 s
+    seconds = audio_duration(bomb, max_duration=5.0)  # counted, not decoded into memory, and cut short
+    assert 5.0 < seconds < 6.0
+
+
+def test_a_header_claiming_a_tiny_rate_is_refused_before_resampling(tmp_path):
+    path = tmp_path / "one_hertz.wav"
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 1, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"one_hertz.wav: longer than the 14400 s"):
+        load_audio(path)  # 16,000 s at 1 Hz: 256 M samples after resampling, never made
+    assert len(load_audio(path, max_duration=None, target_sample_rate=None)) == 16000
+
+
+def test_a_flac_written_to_a_pipe_without_a_length_loads():
+    wav = (0.1 * np.random.default_rng(1).standard_normal(48000)).astype(np.float32)
+    buffer = io.BytesIO()
+    sf.write(buffer, wav, 16000, format="FLAC")
+    streamed = bytearray(buffer.getvalue())
+    streamed[21] &= 0xF0  # STREAMINFO's 36-bit total-sample count: 0, "unknown", as a pipe writer leaves it
+    streamed[22:26] = bytes(4)
+    loaded = load_audio(bytes(streamed), target_sample_rate=None)
+    np.testing.assert_allclose(loaded, wav, atol=1e-4)
+
+
+def test_arrays_obey_max_duration_and_bad_limits_are_config_errors():
+    with pytest.raises(AudioError, match="longer than the 1 s"):
+        load_audio(np.full(32000, 0.1, dtype=np.float32), 16000, max_duration=1.0)
+    for bad in (0, -1.0, "1h", True):
+        with pytest.raises(ConfigError, match="max_duration"):
+            load_audio(np.full(16000, 0.1, dtype=np.float32), 16000, max_duration=bad)

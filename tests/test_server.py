@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from predict_helpers import dev_files, make_model_dir
+from predict_helpers import dev_files, live_webm, make_model_dir
 from server_helpers import ROOT, ServerProcess, free_port
 
 pytest.importorskip("fastapi")
@@ -169,6 +169,9 @@ def test_bad_uploads(client, utterances):
     sf.write(too_long, long_speech, 16000, format="FLAC")
     assert len(too_long.getvalue()) < MAX_UPLOAD_MB * 2**20
     assert_clean_error(register(too_long.getvalue()), 422, f"longer than this server accepts ({MAX_AUDIO_SECONDS} s)")
+    # A stream whose container states no length is counted only up to the limit, never decoded whole.
+    bomb = live_webm(3 * MAX_AUDIO_SECONDS)
+    assert_clean_error(register(bomb), 422, f"longer than this server accepts ({MAX_AUDIO_SECONDS} s)")
 
     oversize = np.random.default_rng(0).bytes(int(1.5 * 2**20))
     assert_clean_error(register(oversize), 413, "upload too large", "1 MiB")

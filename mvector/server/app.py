@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 from pathlib import Path
@@ -89,11 +90,14 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
             raise AudioError(f"{data.name}: is empty (0 bytes)")
         async with limiter:
             # The header's duration first: an over-long recording is refused before it is decoded.
-            seconds = await run_in_threadpool(audio_duration, data, name=data.name)
+            # A stream without a length is counted, never past the limit (a decompression bomb).
+            seconds = await run_in_threadpool(functools.partial(audio_duration, data, name=data.name,
+                                                                max_duration=max_audio_seconds))
             if seconds > max_audio_seconds:
                 raise AudioTooLong(data.name, seconds, max_audio_seconds)
             data.seek(0)
-            wav = await run_in_threadpool(predictor.load, data)
+            # Decoding stops at the limit too: the metadata may understate the length.
+            wav = await run_in_threadpool(functools.partial(predictor.load, data, max_duration=max_audio_seconds))
         seconds = len(wav) / predictor.sample_rate
         if seconds > max_audio_seconds:  # a container whose metadata understated its length
             raise AudioTooLong(data.name, seconds, max_audio_seconds)
