@@ -136,10 +136,13 @@ def audio_duration(source, sample_rate: int | None = None, *, name: str | None =
     start = _tell(handle)
     try:
         with sf.SoundFile(handle) as sound:
-            return sound.frames / sound.samplerate
-    except (sf.SoundFileError, RuntimeError) as sf_error:
-        _rewind(handle, start)
-        return _av_duration(handle, start, name, sf_error, max_duration)
+            if sound.frames <= _MAX_HEADER_FRAMES:
+                return sound.frames / sound.samplerate
+            sf_error = RuntimeError(f"header declares {sound.frames} frames")  # no length: count below
+    except (sf.SoundFileError, RuntimeError) as error:
+        sf_error = error
+    _rewind(handle, start)
+    return _av_duration(handle, start, name, sf_error, max_duration)
 
 
 def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
