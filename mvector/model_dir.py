@@ -180,7 +180,10 @@ def average_model_dirs(paths, backbone_only: bool = False) -> tuple:
     for path in paths[:-1]:
         other_config, other, _ = read(path)
         for section in ("model_conf", "preprocess_conf"):
-            if other_config[section] != config[section]:
+            mine, theirs = other_config[section], config[section]
+            if backbone_only and section == "model_conf":  # the heads are left out, so may differ
+                mine, theirs = ({k: conf[k] for k in ("model", "model_args")} for conf in (mine, theirs))
+            if mine != theirs:
                 raise ModelMismatchError(f"{path}: its {section} differs from {paths[-1]}'s; only checkpoints "
                                          f"of one model can be averaged")
         if other.keys() != weights.keys():

@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -116,8 +117,11 @@ def test_averaging_backbones_of_models_with_different_heads(tmp_path):
     embedder = save_tiny(tmp_path / "packaged", config)
     trained = {f"backbone.{k}": v * 3 for k, v in embedder.backbone.state_dict().items()}
     trained["classifier.weight"] = torch.randn(10, 32)
-    save_model_dir(tmp_path / "fine_tuned", trained, config, {})
-    with pytest.raises(ModelMismatchError, match="other tensors.*classifier.weight"):
+    # Fine-tuned with another head's settings (an imported model has none): only the heads differ.
+    head_config = copy.deepcopy(config)
+    head_config["model_conf"]["classifier_args"] = {"num_centers": 2}
+    save_model_dir(tmp_path / "fine_tuned", trained, head_config, {})
+    with pytest.raises(ModelMismatchError, match="packaged: its model_conf differs"):
         average_model_dirs([tmp_path / "packaged", tmp_path / "fine_tuned"])
     _, weights, _ = average_model_dirs([tmp_path / "packaged", tmp_path / "fine_tuned"], backbone_only=True)
     assert set(weights) == {k for k in trained if k.startswith("backbone.")}
