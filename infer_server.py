@@ -13,6 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infer_server.py", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--allowed_hosts", default=None,
+                        help="comma-separated Host names the server answers for, * for any (default: the "
+                             "loopback names when listening on loopback, any name beyond it)")
     add_model_arguments(parser, threshold=False)
     parser.add_argument("--audio_db_path", default="audio_db/",
                         help="voiceprint library folder, the same one infer_recognition.py uses")

@@ -7,6 +7,7 @@ scaler, RNG states, position in the epoch), so a run killed mid-epoch resumes at
 with the same LR and margin. Rank 0 alone logs, evaluates and writes; the other ranks wait.
 """
 import copy
+import importlib
 import logging
 import math
 import os
@@ -157,8 +158,6 @@ _OLDER_TRAINING_STATE_GLOBALS = {"numpy.ndarray", "numpy.dtype", "numpy._core.mu
 
 def load_training_state(path: Path) -> dict:
     """A ``training.pth``, loaded with ``weights_only=True``: a file that would run code is refused."""
-    import importlib
-
     restart = ("start again with --pretrained from its model directory (the weights are kept; the "
                "optimizer and schedules start over)")
     try:

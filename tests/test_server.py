@@ -248,7 +248,7 @@ def test_users_survive_a_restart_and_keyless_loopback_is_read_only(model_dir, ut
 
 def asgi_client(app):
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://server")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ def app_parts(model_dir, tmp_path):
 def test_beyond_loopback_every_api_call_needs_the_key(app_parts, utterances):
     from mvector.server.app import create_app
 
-    app = create_app(*app_parts, api_key=KEY, require_key_for_reads=True)
+    app = create_app(*app_parts, api_key=KEY, require_key_for_reads=True, allowed_hosts=None)
 
     async def calls():
         async with asgi_client(app) as http:
@@ -357,3 +357,29 @@ def test_loopback_detection_and_key_sources(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         resolve_api_key(tmp_path / "missing", {})
     assert key_matches("sésame", "sésame") and not key_matches("sésame", "sesame")
+
+
+def test_dns_rebinding_and_cross_site_requests_are_refused_before_any_work(server, utterances):
+    """A foreign Host (an attacker's name resolving to 127.0.0.1) gets 400; a foreign Origin (a
+    cross-site form or fetch) 403, even on reads; the server's own page and non-browser clients pass."""
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        rebound = http.get("/users", headers={"Host": "evil.example:8000"})
+        assert_clean_error(rebound, 400, "does not answer for Host 'evil.example:8000'", "--allowed_hosts")
+        cross_site = http.post("/recognize", files={"audio": flac(utterances[0])},
+                               headers={"Origin": "http://evil.example"})
+        assert_clean_error(cross_site, 403, "cross-site request refused")
+        assert_clean_error(http.get("/users", headers={"Origin": "null"}), 403, "cross-site")
+        own = server.url.rstrip("/")
+        assert http.get("/users", headers={"Origin": own}).status_code == 200
+        assert http.get("/health", headers={"Host": "localhost:1"}).status_code == 200
+
+
+def test_allowed_hosts_parsing():
+    from mvector.server.guard import LOOPBACK_NAMES, _hostname, parse_allowed_hosts
+
+    assert parse_allowed_hosts(None, "127.0.0.1", loopback=True) == LOOPBACK_NAMES
+    assert parse_allowed_hosts(None, "0.0.0.0", loopback=False) is None
+    assert parse_allowed_hosts("Voice.Example.org, [::1]", "0.0.0.0", loopback=False) == {"voice.example.org", "::1"}
+    assert parse_allowed_hosts("*", "127.0.0.1", loopback=True) is None
+    assert [_hostname(h) for h in ("LOCALHOST:8000", "[::1]:80", "::1", "example.org")] == \
+        ["localhost", "::1", "::1", "example.org"]

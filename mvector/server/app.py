@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from mvector.audio import audio_duration
 from mvector.errors import AudioError, ConfigError, MVectorError
 from mvector.server.batcher import MicroBatcher
+from mvector.server.guard import LOOPBACK_NAMES, HostOriginGuard
 from mvector.server.limits import BodySizeLimit
 from mvector.server.security import API_KEY_ENV, key_matches
 from mvector.voiceprint_db import UserNameError, normalize_user_name
@@ -54,12 +55,14 @@ class AudioTooLong(AudioError):
 
 def create_app(predictor, library, *, api_key: str | None = None, require_key_for_reads: bool = False,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
-               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, batch_wait: float = DEFAULT_BATCH_WAIT) -> FastAPI:
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, batch_wait: float = DEFAULT_BATCH_WAIT,
+               allowed_hosts: frozenset | None = LOOPBACK_NAMES) -> FastAPI:
     """The app over ``predictor`` (an ``MVectorPredictor``: loading, embedding, threshold) and
     ``library`` (the ``VoiceprintDB`` it enrols into); the app closes both when it shuts down.
     ``api_key`` None: changes are refused.
     ``require_key_for_reads``: every API call needs the key (for servers beyond loopback).
-    ``max_concurrency`` bounds the decoding and model jobs running at once."""
+    ``max_concurrency`` bounds the decoding and model jobs running at once.
+    ``allowed_hosts``: the Host names it answers (None: any); a foreign Origin is always refused."""
     if not max_upload_mb > 0 or not max_audio_seconds > 0 or max_concurrency < 1:
         raise ValueError("max_upload_mb, max_audio_seconds and max_concurrency must be positive")
     limiter = asyncio.Semaphore(max_concurrency)
@@ -121,6 +124,7 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
                               "listens beyond loopback.",
                   version="1")
     app.add_middleware(BodySizeLimit, max_bytes=int(max_upload_mb * 2**20))
+    app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts)  # outermost: before the body is read
     app.add_exception_handler(AudioError, _unprocessable)
     app.add_exception_handler(UserNameError, _unprocessable)
     app.add_exception_handler(MVectorError, _internal_error)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from mvector.errors import ConfigError, MVectorError
+from mvector.server.guard import parse_allowed_hosts
 from mvector.server.security import check_bind, is_loopback, resolve_api_key
 
 EXIT_ERROR = 2
@@ -16,7 +17,7 @@ EXIT_ERROR = 2
 def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_path="audio_db/",
           api_key_file=None, max_upload_mb: float = 10.0, max_audio_seconds: float = 60.0,
           threshold: float | str | None = None, use_gpu: bool = False, max_concurrency: int = 2,
-          backend: str = "torch", model: str | None = None) -> int:
+          backend: str = "torch", model: str | None = None, allowed_hosts: str | None = None) -> int:
     """Serve until interrupted; returns the process exit status (on SIGTERM uvicorn shuts down
     gracefully, then ends the process by that signal)."""
     try:
@@ -44,9 +45,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
     except MVectorError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
+    hosts = parse_allowed_hosts(allowed_hosts, host, is_loopback(host))
     app = create_app(predictor, library, api_key=api_key, require_key_for_reads=not is_loopback(host),
                      max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
-                     max_concurrency=max_concurrency)
+                     max_concurrency=max_concurrency, allowed_hosts=hosts)
+    if hosts is None:
+        print("note: answering requests for any Host name; name this server's with --allowed_hosts "
+              "(e.g. voiceprints.example.org) to refuse DNS-rebinding requests", file=sys.stderr)
     if api_key is None:
         print("note: no API key set, so registering and removing users is refused "
               "(set MVECTOR_API_KEY or --api_key_file)", file=sys.stderr)
