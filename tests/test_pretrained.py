@@ -75,3 +75,10 @@ def test_infer_contrast_works_with_no_model_argument(model_dir):
                            "--audio_path2", str(b)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "similarity:" in done.stdout and "threshold:" in done.stdout
+
+
+def test_the_packaged_models_keep_the_wheel_under_25_mb():
+    """Everything under mvector/pretrained goes into the wheel (17 MB with the two models of this release;
+    fp16 weights barely compress), so their total bounds its size."""
+    folder = Path(default_model_dir()).parent
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 23_000_000
