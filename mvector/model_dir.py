@@ -95,6 +95,8 @@ def read_model_dir(path):
             state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path / STATE_FILE}: not valid JSON: {exc}") from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path / STATE_FILE}: must hold a JSON object, got {type(state).__name__}")
     frontend = state.get("frontend")
     if frontend is not None and frontend != config["preprocess_conf"]:
         raise ModelMismatchError(f"{path}: the weights were trained with front-end {frontend} but "
@@ -102,7 +104,14 @@ def read_model_dir(path):
     try:
         weights = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise ModelMismatchError(f"{path / MODEL_FILE}: cannot load weights ({exc})") from None
+        reason = str(exc).split("\n")[0].split(". ")[0][:200]
+        raise ModelMismatchError(f"{path / MODEL_FILE}: cannot load weights ({type(exc).__name__}: {reason})") from None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ModelMismatchError(f"{path / MODEL_FILE}: not a state dict (a mapping of tensor names to tensors)")
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ModelMismatchError(f"{path / MODEL_FILE}: {len(broken)} tensor(s) hold NaN or infinite values, "
+                                 f"e.g. {broken[0]}; the weights are damaged (retrain or restore them)")
     return config, weights, state
 
 

@@ -64,7 +64,25 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
         read_model_dir(tmp_path / "absent")
     save_tiny(tmp_path / "m")
     (tmp_path / "m" / "model.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelMismatchError, match="model.pth"):
+    with pytest.raises(ModelMismatchError, match="model.pth: cannot load weights") as refused:
+        read_model_dir(tmp_path / "m")
+    assert "weights_only=False" not in str(refused.value)  # never advice to run the file's code
+
+
+def test_files_of_the_wrong_type_and_damaged_weights_are_named_before_building(tmp_path):
+    embedder = save_tiny(tmp_path / "m")
+    (tmp_path / "m" / "model.state").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="model.state: must hold a JSON object, got list"):
+        read_model_dir(tmp_path / "m")
+    (tmp_path / "m" / "model.state").write_text("{}")
+    torch.save([1, 2], tmp_path / "m" / "model.pth")
+    with pytest.raises(ModelMismatchError, match="model.pth: not a state dict"):
+        read_model_dir(tmp_path / "m")
+    weights = {f"backbone.{k}": v.clone() for k, v in embedder.backbone.state_dict().items()}
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name].view(-1)[0] = float("nan")
+    torch.save(weights, tmp_path / "m" / "model.pth")
+    with pytest.raises(ModelMismatchError, match=f"1 tensor\\(s\\) hold NaN or infinite values, e.g. {name}"):
         read_model_dir(tmp_path / "m")
 
 
