@@ -3,11 +3,13 @@ samples at the model's rate, or raise AudioError naming the input and what is wr
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
 import re
 import reprlib
+import stat
 import sys
 
 import numpy as np
@@ -304,10 +306,20 @@ def _file_handle(source, name: str):
     """A path string or a seekable binary file object, which soundfile and av both open."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fsdecode(source)
-        if not os.path.exists(path):
-            raise AudioError(f"{name}: file not found")
-        if os.path.isdir(path):
+        try:
+            info = os.stat(path)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise AudioError(f"{name}: is a symbolic link loop, not an audio file") from None
+            if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise AudioError(f"{name}: file not found") from None
+            raise AudioError(f"{name}: cannot be read ({error.strerror})") from None
+        if stat.S_ISDIR(info.st_mode):
             raise AudioError(f"{name}: is a directory, not an audio file")
+        if not stat.S_ISREG(info.st_mode):  # a FIFO, socket or device would block a decoder forever
+            raise AudioError(f"{name}: is not a regular file (a FIFO, socket or device); give a file path")
+        if info.st_size == 0:
+            raise AudioError(f"{name}: is empty (0 bytes)")
         return path
     if isinstance(source, (bytes, bytearray, memoryview)):
         if memoryview(source).nbytes == 0:

@@ -336,6 +336,27 @@ def test_directory_is_not_a_file(tmp_path):
         load_audio(tmp_path)
 
 
+def test_fifos_symlink_loops_and_empty_files_are_named_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with raises_naming(str(fifo), "not a regular file"):
+        load_audio(fifo)
+    with raises_naming(str(fifo), "not a regular file"):
+        audio_duration(fifo)
+    loop = tmp_path / "loop.wav"
+    os.symlink(loop, loop)
+    with raises_naming(str(loop), "symbolic link loop"):
+        load_audio(loop)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with raises_naming(str(empty), "is empty (0 bytes)"):
+        load_audio(empty)
+    with raises_naming("/dev/null", "not a regular file"):
+        load_audio("/dev/null")
+
+
 def test_text_file_renamed_wav(tmp_path):
     fake = tmp_path / "notes.wav"
     fake.write_text("these are meeting notes, not audio\n" * 20)
