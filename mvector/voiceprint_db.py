@@ -250,7 +250,8 @@ class VoiceprintDB:
                 raise VoiceprintError(f"query embedding has {len(query)} dimensions but the library's "
                                       f"voiceprints have {self._matrix.shape[1]}")
             rows, scores = self._index.search(self._matrix, self._count, query, int(top_k))
-            return [(self._names[r], float(s)) for r, s in zip(rows, scores)]
+            # float32 rounding can put a unit vectors' dot product a hair past 1: scores are cosines.
+            return [(self._names[r], float(np.clip(s, -1.0, 1.0))) for r, s in zip(rows, scores)]
 
     def recognition(self, embedding: np.ndarray, threshold: float):
         """``(name, score)`` of the closest user when ``score >= threshold``, else ``(None, score)``;

@@ -356,6 +356,13 @@ def test_loopback_detection_and_key_sources(tmp_path):
         resolve_api_key(key_file, {})
     with pytest.raises(ConfigError, match="cannot read"):
         resolve_api_key(tmp_path / "missing", {})
+    # A header cannot carry it, so nobody could ever authenticate: refused at start-up.
+    for bad in ("sésame", "tab\tkey"):
+        with pytest.raises(ConfigError, match="MVECTOR_API_KEY: the API key must be printable ASCII"):
+            resolve_api_key(None, {"MVECTOR_API_KEY": bad})
+    key_file.write_text("clé\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="api_key_file .*printable ASCII"):
+        resolve_api_key(key_file, {})
     assert key_matches("sésame", "sésame") and not key_matches("sésame", "sesame")
 
 

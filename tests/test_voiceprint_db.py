@@ -508,3 +508,12 @@ def test_large_library_search_is_exact_through_appends_and_changes():
     matrix[3] = matrix[count]  # an existing voiceprint changes: the copy must be rebuilt
     index.changed()
     check(count + 1)
+
+
+def test_scores_are_cosines_even_where_float32_rounding_passes_one(tmp_path):
+    vector = np.full(DIM, 1.0 / np.sqrt(DIM), dtype=np.float32) * np.float32(1.0000001)
+    with open_db(tmp_path) as db:
+        db.register("ivy", wave(np.random.default_rng(9)), vector)
+        name, score = db.recognition(vector, threshold=0.5)
+        assert name == "ivy" and -1.0 <= score <= 1.0
+        assert all(-1.0 <= s <= 1.0 for _, s in db.search(vector))

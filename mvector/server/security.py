@@ -28,7 +28,8 @@ def is_loopback(host: str) -> bool:
 
 def resolve_api_key(api_key_file=None, environ=os.environ) -> str | None:
     """The key from ``api_key_file`` (its stripped text) when given, else from $MVECTOR_API_KEY;
-    None when neither gives one. ConfigError for an unreadable or empty key file."""
+    None when neither gives one. ConfigError for an unreadable or empty key file, or a key that is not
+    printable ASCII (a header could never carry it, so nobody could authenticate)."""
     if api_key_file is not None:
         try:
             key = Path(api_key_file).read_text(encoding="utf-8").strip()
@@ -36,8 +37,14 @@ def resolve_api_key(api_key_file=None, environ=os.environ) -> str | None:
             raise ConfigError(f"--api_key_file {api_key_file}: cannot read the API key ({exc})") from None
         if not key:
             raise ConfigError(f"--api_key_file {api_key_file}: the file is empty")
-        return key
-    return environ.get(API_KEY_ENV, "").strip() or None
+        where = f"--api_key_file {api_key_file}"
+    else:
+        key, where = environ.get(API_KEY_ENV, "").strip() or None, f"${API_KEY_ENV}"
+        if key is None:
+            return None
+    if not key.isascii() or not key.isprintable():
+        raise ConfigError(f"{where}: the API key must be printable ASCII characters")
+    return key
 
 
 def check_bind(host: str, api_key: str | None) -> None:
