@@ -68,6 +68,8 @@ _ID = re.compile(r"[0-9a-f]{32}")
 _AUDIO_NAME = re.compile(r"[0-9a-f]{32}" + re.escape(AUDIO_SUFFIX))
 # Unicode categories a name may not contain: control characters, surrogates, line breaks.
 _FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+# Scripts with letters that look alike: a new name may use one of them, not several.
+_CONFUSABLE_SCRIPTS = {"LATIN", "GREEK", "CYRILLIC"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,6 +120,20 @@ def normalize_user_name(name) -> str:
     if bad:
         raise UserNameError(f"user name {name!r} contains control character(s) {bad!r}")
     return canonical
+
+
+def check_new_user_name(name: str) -> None:
+    """Refuse a new user whose name could pass for another's: invisible or text-direction characters
+    (``Alice`` + U+200B prints as ``Alice``), or letters from more than one of the Latin, Greek and
+    Cyrillic scripts (Cyrillic ``А`` looks like Latin ``A``). Existing users keep their names."""
+    hidden = [f"U+{ord(c):04X}" for c in name if unicodedata.category(c) == "Cf"]
+    if hidden:
+        raise UserNameError(f"user name {name!r} contains invisible or text-direction character(s) "
+                            f"{', '.join(hidden)}, which would make it print like another name")
+    scripts = {unicodedata.name(c, "").split(" ")[0] for c in name if c.isalpha()} & _CONFUSABLE_SCRIPTS
+    if len(scripts) > 1:
+        raise UserNameError(f"user name {name!r} mixes {' and '.join(sorted(s.title() for s in scripts))} "
+                            f"letters, which look alike; write it in one script")
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -180,6 +196,7 @@ class VoiceprintDB:
                     self._check_dimension(conn, len(vector))
                     row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
                     if row is None:
+                        check_new_user_name(name)
                         folder = uuid.uuid4().hex
                         user_id = conn.execute("INSERT INTO users (name, folder, created) VALUES (?, ?, ?)",
                                                (name, folder, time.time())).lastrowid

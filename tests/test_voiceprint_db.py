@@ -517,3 +517,26 @@ def test_scores_are_cosines_even_where_float32_rounding_passes_one(tmp_path):
         name, score = db.recognition(vector, threshold=0.5)
         assert name == "ivy" and -1.0 <= score <= 1.0
         assert all(-1.0 <= s <= 1.0 for _, s in db.search(vector))
+
+
+def test_new_names_that_print_like_another_are_refused_and_old_ones_can_still_be_erased(tmp_path):
+    rng = np.random.default_rng(10)
+    with open_db(tmp_path) as db:
+        db.register("Alice", wave(rng), rng.standard_normal(DIM))
+        for lookalike, problem in (("Alice\u200b", "invisible or text-direction character"),
+                                   ("\u202eecilA", r"U\+202E"),
+                                   ("\u0410lice", "mixes Cyrillic and Latin letters"),
+                                   ("\u03a9mega Bob", "mixes Greek and Latin letters")):
+            with pytest.raises(UserNameError, match=problem):
+                db.register(lookalike, wave(rng), rng.standard_normal(DIM))
+        for fine in ("\u0410\u043b\u0438\u0441\u0430", "\u674eLee", "Zo\u00eb"):  # one script, or CJK beside Latin
+            db.register(fine, wave(rng), rng.standard_normal(DIM))
+        assert db.get_users() == sorted(["Alice", "\u0410\u043b\u0438\u0441\u0430", "\u674eLee", "Zo\u00eb"])
+        assert len(list(tmp_path.glob("*/*.flac"))) == 4  # the refused ones left nothing behind
+    # A name registered before these checks existed can still be found and erased.
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:
+        conn.execute("UPDATE users SET name = 'Bob\u200b' WHERE name = 'Alice'")
+    conn.close()
+    with open_db(tmp_path) as db:
+        assert db.remove_user("Bob\u200b") and "Bob\u200b" not in db.get_users()
