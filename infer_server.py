@@ -1,6 +1,6 @@
 """The voiceprint HTTP service and its web page: register, recognise and compare speakers over
-HTTP (see /docs for the API). Listens on 127.0.0.1 unless told otherwise; changes need the API
-key from $MVECTOR_API_KEY or --api_key_file, sent as 'Authorization: Bearer <key>', and so does
+HTTP (its OpenAPI schema is at /openapi.json). Listens on 127.0.0.1 unless told otherwise; changes
+need the API key from $MVECTOR_API_KEY or --api_key_file, sent as 'Authorization: Bearer <key>', and so does
 every request when listening beyond loopback (it refuses to start there without a key)."""
 import argparse
 import sys

@@ -118,7 +118,9 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
         library.close()
         predictor.close()
 
-    app = FastAPI(title="mvector voiceprint service", lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load Swagger and ReDoc from a CDN, a third party's script on
+    # this API's origin. The schema itself is served (/openapi.json) for offline viewers.
+    app = FastAPI(title="mvector voiceprint service", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Speaker registration, recognition and verification. Changes need "
                               "'Authorization: Bearer <key>'; so does every call when the server "
                               "listens beyond loopback.",
