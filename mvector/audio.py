@@ -8,7 +8,6 @@ import io
 import math
 import os
 import re
-import reprlib
 import stat
 import sys
 
@@ -214,7 +213,9 @@ def _describe(source) -> str:
         file_name = getattr(source, "name", None)
         label = repr(file_name) if isinstance(file_name, str) else type(source).__name__
         return f"<file object {label}>"
-    return f"<{type(source).__name__} {reprlib.repr(source)}>"
+    if isinstance(source, (int, float, bool, type(None))):
+        return f"<{type(source).__name__} {source!r}>"
+    return f"<{type(source).__name__} object>"  # its repr may carry a heap address or contents
 
 
 def _is_tensor(source) -> bool:
@@ -299,7 +300,8 @@ def _check_samples(wav: np.ndarray, name: str) -> None:
         raise AudioError(f"{name}: contains NaN or Inf samples ({bad} of {len(wav)})")
     peak = float(np.max(np.abs(wav)))
     if peak < SILENCE_PEAK:
-        raise AudioError(f"{name}: is silent (peak amplitude {peak:.2e} < SILENCE_PEAK {SILENCE_PEAK:g})")
+        raise AudioError(f"{name}: is silent (its loudest sample is {peak:.1e} of full scale, below the "
+                         f"{20 * math.log10(SILENCE_PEAK):.0f} dBFS that speech reaches)")
 
 
 def _file_handle(source, name: str):

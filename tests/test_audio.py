@@ -445,6 +445,18 @@ def test_unsupported_types(source, type_name):
         audio_duration(source)
 
 
+def test_error_texts_carry_no_heap_address_or_constant_name(tmp_path):
+    class Opaque:
+        pass
+
+    with pytest.raises(AudioError) as refused:
+        load_audio(Opaque())
+    assert "0x" not in str(refused.value) and "<Opaque object>" in str(refused.value)
+    with pytest.raises(AudioError) as silent:
+        load_audio(np.zeros(16000, np.float32), 16000)
+    assert "SILENCE_PEAK" not in str(silent.value) and "-80 dBFS" in str(silent.value)
+
+
 def test_array_without_sample_rate(tone):
     with raises_naming("<array shape (16000,) float32>", "sample_rate is required"):
         load_audio(tone)
