@@ -23,6 +23,8 @@ score a query against an in-memory float32 matrix of all voiceprints with one ma
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import re
 import shutil
@@ -53,6 +55,12 @@ LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
 ERASING_PREFIX = ".erasing-"
 QUARANTINE_DIR = ".quarantine"
+# Space set aside so that erasing a user works on a full disk (erasure is a legal duty for biometric
+# data, and SQLite needs room in its WAL to delete): released when a deletion finds the disk full,
+# set aside again when space allows.
+RESERVE_PREFIX = ".reserve-"
+RESERVE_CHUNKS = 4
+RESERVE_CHUNK_BYTES = 1 << 20
 # Where the lock file cannot be held (no flock), a temporary audio file with no row is deleted only when
 # this old: a younger one may be a registration still in flight in another process. With the lock held
 # exclusively, none can be (writers hold it shared from their temporary file to its final name).
@@ -93,6 +101,10 @@ CREATE INDEX IF NOT EXISTS enrolments_by_user ON enrolments(user_id);
 class VoiceprintError(MVectorError):
     """The voiceprint library cannot do what was asked: unreadable database, wrong embedding
     size, a model change it cannot follow."""
+
+
+class VoiceprintStorageError(VoiceprintError):
+    """The library's disk refused a write: full, read-only, or failing."""
 
 
 class UserNameError(VoiceprintError, ValueError):
@@ -168,10 +180,12 @@ class VoiceprintDB:
         try:
             self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             self._check_database_present()
-            self._conn = self._connect()
+            # On a full disk the erasure reserve makes room to open, so users can still be erased.
+            self._conn = self._with_reserve(self._connect)
             self._sweep()
             self._follow_model()
             self._load()
+            self._set_reserve_aside()
         except BaseException:
             self.close()
             raise
@@ -190,7 +204,10 @@ class VoiceprintDB:
         with self._lock, self._file_lock(shared=True):
             outside_change = self._changed_elsewhere()
             try:
-                self._write_audio(tmp, wav)
+                try:
+                    self._write_audio(tmp, wav)
+                except OSError as exc:
+                    raise self._storage_error(f"writing the enrolment audio of user {name!r}", exc) from None
                 with self._transaction() as conn:
                     self._check_same_model(conn)
                     self._check_dimension(conn, len(vector))
@@ -221,6 +238,20 @@ class VoiceprintDB:
         """Erase user ``name``: rows, audio, and (secure_delete + WAL truncation) the bytes of
         their embeddings in the database files. False when there is no such user."""
         name = normalize_user_name(name)
+        erased = self._with_reserve(lambda: self._erase(name))
+        self._set_reserve_aside()
+        return erased
+
+    def _with_reserve(self, write):
+        """``write()``, retried with one more chunk of the erasure reserve freed each time the disk is full."""
+        while True:
+            try:
+                return write()
+            except VoiceprintStorageError:
+                if not self._release_reserve():
+                    raise
+
+    def _erase(self, name: str) -> bool:
         with self._lock, self._file_lock(shared=False):
             outside_change = self._changed_elsewhere()
             row = None
@@ -323,6 +354,9 @@ class VoiceprintDB:
             if version != SCHEMA_VERSION:
                 raise VoiceprintError(f"{db}: schema version {version}, this mvector reads {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            if "disk I/O error" in str(exc) or "full" in str(exc):
+                raise VoiceprintStorageError(f"voiceprint library {self.path}: cannot open {DB_FILE} for writing "
+                                             f"({exc}): the disk may be full or failing") from None
             raise VoiceprintError(f"{db}: not a usable voiceprint database ({exc})") from None
         return conn
 
@@ -336,10 +370,47 @@ class VoiceprintDB:
             raise VoiceprintError(f"{self.path / DB_FILE}: cannot start a transaction ({exc})") from None
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._storage_error("writing", exc) from None
             raise
-        conn.execute("COMMIT")
+
+    def _storage_error(self, doing: str, exc: Exception) -> VoiceprintError:
+        """One clear error for a failed write; a full disk says so."""
+        text = str(exc)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "full" in text.lower():
+            return VoiceprintStorageError(f"voiceprint library {self.path}: the disk is full while {doing}; "
+                                          f"free some space and try again (erasing users still works)")
+        if isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
+            return VoiceprintError(f"{self.path / DB_FILE}: the database is damaged ({text}); restore it from a "
+                                   f"backup (sqlite3 .recover can salvage rows)")
+        return VoiceprintStorageError(f"voiceprint library {self.path}: {doing} failed ({text})")
+
+    def _release_reserve(self) -> bool:
+        """Free one chunk of the space set aside for erasures; False when none is left."""
+        chunks = sorted(self.path.glob(RESERVE_PREFIX + "*"))
+        if not chunks:
+            return False
+        chunks[-1].unlink()
+        return True
+
+    def _set_reserve_aside(self) -> None:
+        """Set aside the erasure reserve's missing chunks, as far as space allows (best effort)."""
+        for index in range(RESERVE_CHUNKS):
+            chunk = self.path / f"{RESERVE_PREFIX}{index}"
+            if chunk.is_file() and chunk.stat().st_size == RESERVE_CHUNK_BYTES:
+                continue
+            try:
+                with open(chunk, "wb") as fh:
+                    fh.write(bytes(RESERVE_CHUNK_BYTES))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError:
+                chunk.unlink(missing_ok=True)
+                return
 
     def _live_conn(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -467,11 +538,18 @@ class VoiceprintDB:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _write_audio(self, path: Path, wav: np.ndarray) -> None:
-        # 16-bit storage: clip rather than let the encoder wrap loud samples around.
-        with open(path, "wb") as fh:
-            sf.write(fh, np.clip(wav, -1.0, 1.0), self.sample_rate, format="FLAC", subtype="PCM_16")
-            fh.flush()
-            os.fsync(fh.fileno())
+        # 16-bit storage: clip rather than let the encoder wrap loud samples around. Encoded in memory
+        # first: a write error (a full disk) inside the encoder's callbacks would be swallowed there.
+        encoded = io.BytesIO()
+        sf.write(encoded, np.clip(wav, -1.0, 1.0), self.sample_rate, format="FLAC", subtype="PCM_16")
+        try:
+            with open(path, "wb") as fh:
+                fh.write(encoded.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
 
     def _place_audio(self, tmp: Path, folder: str, file: str) -> None:
         (self.path / folder).mkdir(exist_ok=True)

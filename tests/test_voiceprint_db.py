@@ -1,5 +1,6 @@
 """VoiceprintDB: names, voiceprint arithmetic, durability under SIGKILL, erasure, sharing between
 processes, following a model change, and search against brute force."""
+import contextlib
 import os
 import signal
 import sqlite3
@@ -199,7 +200,7 @@ def test_open_finishes_committed_renames_and_quarantines_what_the_database_does_
             assert db.get_users() == ["gina"]
     assert (tmp_path / folder / file).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [".lock", DB_FILE, folder, "README.md", "notes", QUARANTINE_DIR])
+        [".lock", DB_FILE, folder, "README.md", "notes", QUARANTINE_DIR] + [f".reserve-{i}" for i in range(4)])
     assert [p.name for p in (tmp_path / folder).iterdir()] == [file]
     quarantine = tmp_path / QUARANTINE_DIR
     assert (quarantine / ("f" * 32) / ("1" * 32 + ".flac")).read_bytes() == b"x"
@@ -540,3 +541,54 @@ def test_new_names_that_print_like_another_are_refused_and_old_ones_can_still_be
     conn.close()
     with open_db(tmp_path) as db:
         assert db.remove_user("Bob\u200b") and "Bob\u200b" not in db.get_users()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs mounted for the test (needs root and mount rights; skips otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.strip() or 'not permitted'})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(folder):
+    """Fill the disk holding ``folder`` to the last byte."""
+    with open(folder / f"filler-{len(list(folder.glob('filler-*')))}", "wb") as fh:
+        try:
+            while True:
+                fh.write(bytes(64 << 10))
+                fh.flush()
+        except OSError:
+            pass
+    with contextlib.suppress(OSError), open(folder / f"tail-{len(list(folder.glob('tail-*')))}", "wb") as fh:
+        while True:
+            fh.write(b"x")
+            fh.flush()
+
+
+def test_on_a_full_disk_users_can_still_be_erased_and_writes_fail_clearly(small_disk):
+    from mvector.voiceprint_db import VoiceprintStorageError
+
+    library = small_disk / "db"
+    rng = np.random.default_rng(11)
+    with open_db(library) as db:
+        for name in ("kim", "lou", "max"):
+            db.register(name, wave(rng, seconds=1.0), rng.standard_normal(DIM))
+    assert len(list(library.glob(".reserve-*"))) == 4
+    fill(small_disk)
+    with open_db(library) as db:  # opening may take a chunk of the reserve
+        fill(small_disk)
+        with pytest.raises(VoiceprintStorageError, match="the disk is full"):
+            db.register("ned", wave(rng, seconds=1.0), rng.standard_normal(DIM))
+        assert db.remove_user("kim")  # erasure on a full disk: the reserve makes room
+        assert db.get_users() == ["lou", "max"]
+    with open_db(library) as db:
+        assert db.get_users() == ["lou", "max"]
+        assert db.remove_user("lou")  # and again: the erased audio freed room for it
+    assert rows(library, "SELECT name FROM users") == [("max",)]

@@ -28,7 +28,7 @@ from mvector.server.batcher import MicroBatcher
 from mvector.server.guard import LOOPBACK_NAMES, HostOriginGuard
 from mvector.server.limits import BodySizeLimit
 from mvector.server.security import API_KEY_ENV, key_matches
-from mvector.voiceprint_db import UserNameError, normalize_user_name
+from mvector.voiceprint_db import UserNameError, VoiceprintStorageError, normalize_user_name
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -129,6 +129,7 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts)  # outermost: before the body is read
     app.add_exception_handler(AudioError, _unprocessable)
     app.add_exception_handler(UserNameError, _unprocessable)
+    app.add_exception_handler(VoiceprintStorageError, _insufficient_storage)
     app.add_exception_handler(MVectorError, _internal_error)
     app.add_exception_handler(Exception, _internal_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -201,6 +202,11 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
 
 async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+async def _insufficient_storage(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": str(exc)}, status_code=507)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
