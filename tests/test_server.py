@@ -392,3 +392,31 @@ def test_allowed_hosts_parsing():
     assert parse_allowed_hosts("*", "127.0.0.1", loopback=True) is None
     assert [_hostname(h) for h in ("LOCALHOST:8000", "[::1]:80", "::1", "example.org")] == \
         ["localhost", "::1", "::1", "example.org"]
+
+
+def test_on_a_full_disk_erasure_works_and_registration_answers_507(model_dir, utterances, tmp_path):
+    from disk_helpers import fill, mounted_small_disk
+    from mvector.predict import MVectorPredictor
+    from mvector.server.app import create_app
+    from mvector.voiceprint_db import VoiceprintDB
+
+    with mounted_small_disk(tmp_path / "disk") as disk:
+        predictor = MVectorPredictor(model_dir=model_dir, audio_db_path=disk / "db")
+        library = VoiceprintDB(disk / "db", fingerprint=predictor.fingerprint(), progress=False)
+        app = create_app(predictor, library, api_key=KEY)
+
+        async def calls():
+            async with asgi_client(app) as http:
+                first = await http.post("/register", headers=AUTH, data={"name": "ola"},
+                                        files={"audio": flac(utterances[0])})
+                fill(disk)
+                refused = await http.post("/register", headers=AUTH, data={"name": "pia"},
+                                          files={"audio": flac(utterances[1])})
+                erased = await http.delete("/users/ola", headers=AUTH)
+                return first, refused, erased
+
+        first, refused, erased = asyncio.run(calls())
+        library.close()
+        assert first.status_code == 200
+        assert_clean_error(refused, 507, "the disk is full")
+        assert erased.status_code == 200

@@ -1,6 +1,5 @@
 """VoiceprintDB: names, voiceprint arithmetic, durability under SIGKILL, erasure, sharing between
 processes, following a model change, and search against brute force."""
-import contextlib
 import os
 import signal
 import sqlite3
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from disk_helpers import fill, mounted_small_disk
 from mvector.errors import MVectorError
 from mvector import search_index
 from mvector.search_index import SearchIndex, exhaustive
@@ -545,31 +545,8 @@ def test_new_names_that_print_like_another_are_refused_and_old_ones_can_still_be
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MiB tmpfs mounted for the test (needs root and mount rights; skips otherwise)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.strip() or 'not permitted'})")
-    try:
+    with mounted_small_disk(tmp_path / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def fill(folder):
-    """Fill the disk holding ``folder`` to the last byte."""
-    with open(folder / f"filler-{len(list(folder.glob('filler-*')))}", "wb") as fh:
-        try:
-            while True:
-                fh.write(bytes(64 << 10))
-                fh.flush()
-        except OSError:
-            pass
-    with contextlib.suppress(OSError), open(folder / f"tail-{len(list(folder.glob('tail-*')))}", "wb") as fh:
-        while True:
-            fh.write(b"x")
-            fh.flush()
 
 
 def test_on_a_full_disk_users_can_still_be_erased_and_writes_fail_clearly(small_disk):
