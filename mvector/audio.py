@@ -469,7 +469,13 @@ def _av_duration(handle, start: int | None, name: str, sf_error: Exception,
 def _audio_stream(container, name: str):
     if not container.streams.audio:
         raise AudioError(f"{name}: has no audio stream")
-    return container.streams.audio[0]
+    stream = container.streams.audio[0]
+    # FFmpeg gives a stream whose codec it does not know (an unknown WAV format tag, 0 bits per
+    # sample) no decoder, and PyAV no rate.
+    if getattr(stream, "codec_context", None) is None or not getattr(stream, "rate", None):
+        codec = getattr(getattr(stream, "codec_context", None), "name", None) or "unknown"
+        raise AudioError(f"{name}: its audio is in a codec this FFmpeg cannot decode ({codec})")
+    return stream
 
 
 def _unreadable(name: str, sf_error: Exception, av_error: Exception) -> str:

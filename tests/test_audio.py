@@ -562,3 +562,20 @@ def test_arrays_obey_max_duration_and_bad_limits_are_config_errors():
     for bad in (0, -1.0, "1h", True):
         with pytest.raises(ConfigError, match="max_duration"):
             load_audio(np.full(16000, 0.1, dtype=np.float32), 16000, max_duration=bad)
+
+
+@pytest.mark.parametrize("field, value", [("format tag", 0x1234), ("bits per sample", 0)])
+def test_a_wav_with_an_unknown_format_tag_or_no_bits_is_an_audio_error(tmp_path, field, value):
+    import struct
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(16000, 0.1, np.float32), 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    offset = data.find(b"fmt ") + (8 if field == "format tag" else 22)
+    data[offset:offset + 2] = struct.pack("<H", value)
+    path = tmp_path / "odd.wav"
+    path.write_bytes(bytes(data))
+    with raises_naming(str(path), "codec this FFmpeg cannot decode"):
+        load_audio(path)
+    with raises_naming(str(path), "codec this FFmpeg cannot decode"):
+        audio_duration(path)
