@@ -117,6 +117,14 @@ def read_model_dir(path):
 
 def load_state_strict(module: torch.nn.Module, weights: dict, where: str) -> None:
     """Load ``weights`` into ``module``, failing with every missing, unexpected or mis-shaped key."""
+    check_state_shapes(module, weights, where)
+    own = module.state_dict()
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+def check_state_shapes(module: torch.nn.Module, weights: dict, where: str) -> None:
+    """ModelMismatchError naming every missing, unexpected or mis-shaped key of ``weights`` for ``module``
+    (which may live on the meta device)."""
     own = module.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -132,7 +140,6 @@ def load_state_strict(module: torch.nn.Module, weights: dict, where: str) -> Non
     if problems:
         raise ModelMismatchError(f"{where}: the weights do not match the model its config describes: "
                                  + "; ".join(problems))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 
 def backbone_weights(weights: dict) -> dict:
@@ -151,9 +158,21 @@ def load_embedder(path, device="cpu"):
     """Build the inference model of a model directory: ``(embedder, config, state)``, eval mode."""
     from mvector.embedder import build_embedder
 
+    from mvector.embedder import build_featurizer
+    from mvector.models import build_backbone
+
     config, weights, state = read_model_dir(path)
+    given = split_weights(weights, "backbone")
+    where = str(Path(path) / MODEL_FILE)
+    # The config's model is first built on the meta device (no memory) and its shapes checked against
+    # the file's: a config that disagrees with its weights (e.g. a huge channel count) fails here, not
+    # after allocating gigabytes.
+    model = config["model_conf"]
+    with torch.device("meta"):
+        outline = build_backbone(model["model"], build_featurizer(config).feature_dim, **model["model_args"])
+    check_state_shapes(outline, given, where)
     embedder = build_embedder(config)
-    load_state_strict(embedder.backbone, split_weights(weights, "backbone"), str(Path(path) / MODEL_FILE))
+    load_state_strict(embedder.backbone, given, where)
     return embedder.to(device).eval(), config, state
 
 

@@ -166,3 +166,30 @@ def test_average_model_script(tmp_path):
     done = subprocess.run([sys.executable, script, "--model_dirs", str(tmp_path / "absent"),
                            "--out_dir", str(tmp_path / "x")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_a_config_far_larger_than_its_weights_fails_before_allocating(tmp_path):
+    """Shapes are checked on the meta device first: the real model (about 19 GB here) is never built,
+    as a 4 GB address-space limit on the loading process proves."""
+    import textwrap
+
+    import yaml
+
+    save_tiny(tmp_path / "m")
+    config = yaml.safe_load((tmp_path / "m" / "config.yml").read_text(encoding="utf-8"))
+    config["model_conf"]["model_args"]["channels"] = 40000
+    (tmp_path / "m" / "config.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    child = textwrap.dedent(f"""
+        import resource, sys
+        sys.path.insert(0, {os.path.join(os.path.dirname(__file__), "..")!r})
+        import torch
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        from mvector.errors import ModelMismatchError
+        from mvector.model_dir import load_embedder
+        try:
+            load_embedder({str(tmp_path / "m")!r})
+        except ModelMismatchError as error:
+            print("refused:", str(error)[:200])
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "refused:" in done.stdout and "shape mismatch" in done.stdout, done.stderr[-2000:]
