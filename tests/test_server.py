@@ -248,8 +248,8 @@ def test_users_survive_a_restart_and_keyless_loopback_is_read_only(model_dir, ut
 
 # ---- in-process: the app factory and the micro-batcher -------------------------------------------
 
-def asgi_client(app):
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+def asgi_client(app, raise_app_exceptions=False):
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
     return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
@@ -299,13 +299,16 @@ def test_unexpected_errors_answer_a_generic_500(app_parts, utterances, caplog):
     app = create_app(predictor, library, api_key=KEY)
 
     async def call():
-        async with asgi_client(app) as http:
+        # The app answers instead of raising: a server would otherwise log the crash a second time and
+        # drop the keep-alive connection without a Connection: close.
+        async with asgi_client(app, raise_app_exceptions=True) as http:
             return await http.post("/recognize", files={"audio": flac(utterances[0])})
 
     answer = asyncio.run(call())
     assert_clean_error(answer, 500, "internal server error")
     assert "secret" not in answer.text and "RuntimeError" not in answer.text
-    assert "secret internal detail" in caplog.text  # logged server-side
+    assert "secret internal detail" in caplog.text  # logged server-side,
+    assert sum("POST /recognize failed" in r.getMessage() for r in caplog.records) == 1  # once
 
 
 def test_micro_batcher_batches_concurrent_requests_and_routes_results():

@@ -126,12 +126,14 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
                               "listens beyond loopback.",
                   version="1")
     app.add_middleware(BodySizeLimit, max_bytes=int(max_upload_mb * 2**20))
-    app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts)  # outermost: before the body is read
+    app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts)  # before the body is read
     app.add_exception_handler(AudioError, _unprocessable)
     app.add_exception_handler(UserNameError, _unprocessable)
     app.add_exception_handler(VoiceprintStorageError, _insufficient_storage)
     app.add_exception_handler(MVectorError, _internal_error)
-    app.add_exception_handler(Exception, _internal_error)
+    # Not an Exception handler: Starlette re-raises after one of those, so the server logged the traceback
+    # a second time and dropped the keep-alive connection without saying so.
+    app.add_middleware(UnexpectedErrors)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def chosen_threshold(value):
@@ -202,6 +204,33 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
 
 async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+class UnexpectedErrors:
+    """ASGI middleware: an unexpected exception is logged once and answered with a generic 500, the
+    connection kept as for any other answer (nothing reaches the server as an app crash)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            request = Request(scope)
+            if started:  # too late for another answer: the server must close the connection
+                raise
+            await (await _internal_error(request, exc))(scope, receive, send)
 
 
 async def _insufficient_storage(request: Request, exc: Exception) -> JSONResponse:
