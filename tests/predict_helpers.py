@@ -80,7 +80,7 @@ def bad_audio_files(folder):
     nan[100:200] = np.nan
     return {
         "missing": (str(folder / "missing.wav"), "not found"),
-        "empty": (str(folder / "empty.wav"), "not a readable audio file"),
+        "empty": (str(folder / "empty.wav"), "is empty (0 bytes)"),
         "corrupt": (str(folder / "corrupt.wav"), "not a readable audio file"),
         "silent": (write_wav(folder / "silent.wav", np.zeros(SAMPLE_RATE, dtype=np.float32)), "silent"),
         "too_short": (write_wav(folder / "short.wav", coloured_noise(0.1, seed=8)), "too short"),
