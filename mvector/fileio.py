@@ -1,4 +1,5 @@
-"""Small file helpers shared by the modules that read lists and write durably."""
+"""Small file helpers shared by the modules that read lists, hash files and write durably."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,6 +13,15 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(path):
+    """A sha256 ``hashlib`` object fed with the file's bytes, read in blocks (weights are megabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def read_list_lines(path, what: str, error: type = MVectorError) -> list[str]:

