@@ -35,7 +35,7 @@ from mvector.evaluation import evaluate_trials
 from mvector.losses import MarginScheduler, build_loss
 from mvector.lr_scheduler import SCHEDULERS
 from mvector.model_dir import (MODEL_FILE, TRAINING_FILE, load_state_strict, read_model_dir, recover_model_dir,
-                               save_model_dir, split_weights)
+                               save_model_dir, split_weights, torch_load_failure)
 from mvector.models import build_backbone
 from mvector.models.classifier import build_classifier
 
@@ -168,8 +168,8 @@ def load_training_state(path: Path) -> dict:
         except Exception:
             needed = None
         if not needed or not needed <= _OLDER_TRAINING_STATE_GLOBALS:
-            detail = f"it needs {', '.join(sorted(needed))}, which loading would run" if needed else \
-                f"{type(first).__name__}: {str(first).splitlines()[0][:150]}"
+            detail = (f"it needs {', '.join(sorted(needed))}, which loading would run" if needed
+                      else torch_load_failure(first))
             raise ModelMismatchError(f"{path}: cannot be read safely as a training state ({detail}); "
                                      f"{restart}") from None
     allowed = []  # all of them: the dtype classes are found only while loading
@@ -282,10 +282,11 @@ class MVectorTrainer:
         if distillation["teacher"] is not None:
             # Rank 0 embeds and caches; the other ranks then read the cache.
             if self.ctx.is_main:
-                teacher_table(distillation["teacher"], self.dataset, self.model_dir, self.device)
+                self.teacher = teacher_table(distillation["teacher"], self.dataset, self.model_dir, self.device)
             self.ctx.barrier()
-            self.teacher = teacher_table(distillation["teacher"], self.dataset, self.model_dir, self.device,
-                                         progress=False)
+            if not self.ctx.is_main:
+                self.teacher = teacher_table(distillation["teacher"], self.dataset, self.model_dir, self.device,
+                                             progress=False)
         # The parts of model.pth; a loss part only for losses with tensors of their own (SphereFace2's bias).
         self.parts = {"backbone": self.backbone, "classifier": self.classifier}
         if self.loss.state_dict():
