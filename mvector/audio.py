@@ -370,7 +370,7 @@ def _decode_file(handle, name: str, max_duration: float | None = None) -> tuple[
         sound = sf.SoundFile(handle)
     except (sf.SoundFileError, RuntimeError) as sf_error:
         _rewind(handle, start)
-        return _decode_with_av(handle, name, sf_error, max_duration)
+        return _decode_with_av(handle, name, sf_error, max_duration)[:2]
     with sound:
         if sound.frames <= _MAX_HEADER_FRAMES:
             if max_duration is not None and sound.frames > max_duration * sound.samplerate:
@@ -379,7 +379,8 @@ def _decode_file(handle, name: str, max_duration: float | None = None) -> tuple[
     # A header that cannot be trusted (a FLAC written to a pipe declares no length, which libsndfile
     # reports as 2**63 - 1 frames and cannot seek past): FFmpeg decodes it, stopping at the limit.
     _rewind(handle, start)
-    return _decode_with_av(handle, name, RuntimeError(f"header declares {sound.frames} frames"), max_duration)
+    untrusted = RuntimeError(f"header declares {sound.frames} frames")
+    return _decode_with_av(handle, name, untrusted, max_duration)[:2]
 
 
 def _read_whole(sound, name: str) -> tuple[np.ndarray, int]:
@@ -415,9 +416,9 @@ def _pyav(name: str, sf_error: Exception):
 
 
 def _decode_with_av(handle, name: str, sf_error: Exception, max_duration: float | None = None,
-                    count_only: bool = False) -> tuple[np.ndarray, int]:
-    """Decode with FFmpeg, stopping once past ``max_duration`` seconds of decoded audio: an AudioError,
-    or with ``count_only`` the samples counted so far (as a length, no samples kept)."""
+                    count_only: bool = False) -> tuple[np.ndarray, int, float]:
+    """``(samples, sample rate, seconds decoded)`` with FFmpeg, stopping once past ``max_duration``
+    seconds: an AudioError, or with ``count_only`` (no samples kept) the end of the count."""
     av = _pyav(name, sf_error)
     chunks, seconds, sample_rate = [], 0.0, None
     try:
@@ -442,10 +443,8 @@ def _decode_with_av(handle, name: str, sf_error: Exception, max_duration: float 
                     chunks.append(_mix_to_mono(planar.to_ndarray(), channel_axis=0))
     except av.FFmpegError as error:
         raise AudioError(_unreadable(name, sf_error, error)) from error
-    if count_only:
-        return seconds, 1
     wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    return wav, sample_rate
+    return wav, sample_rate, seconds
 
 
 def _av_duration(handle, start: int | None, name: str, sf_error: Exception,
@@ -462,8 +461,7 @@ def _av_duration(handle, start: int | None, name: str, sf_error: Exception,
         raise AudioError(_unreadable(name, sf_error, error)) from error
     # Some streams (raw ADTS AAC, WebM without a duration, ...) carry no length: count the samples.
     _rewind(handle, start)
-    seconds, _ = _decode_with_av(handle, name, sf_error, max_duration, count_only=True)
-    return seconds
+    return _decode_with_av(handle, name, sf_error, max_duration, count_only=True)[2]
 
 
 def _audio_stream(container, name: str):
