@@ -13,7 +13,7 @@ it), but not a training checkpoint: it cannot be resumed.
 import argparse
 import sys
 
-from mvector.cli import average, run_cli
+from mvector.apps.cli import average, run_cli
 
 
 def parse_args(argv=None):

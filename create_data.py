@@ -1,10 +1,10 @@
 """Write the data lists (dataset/train_list.txt, enroll_list.txt, trials_list.txt, trials.tsv,
-speakers.json) that training and evaluation read. See mvector/data_lists.py for the layouts."""
+speakers.json) that training and evaluation read. See mvector/training/corpus.py for the layouts."""
 import argparse
 import sys
 from pathlib import Path
 
-from mvector.data_lists import LAYOUTS, create_data_lists, default_data_root
+from mvector.training.corpus import LAYOUTS, create_data_lists, default_data_root
 from mvector.errors import MVectorError
 
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mvector.cli import BACKEND_NAMES
+from mvector.apps.cli import BACKEND_NAMES
 from mvector.errors import MVectorError
 
 # Used when the configured trial list has not been created: the shared dev set beside the checkout.
@@ -129,7 +129,7 @@ def run(args) -> dict:
         return evaluate_cross(embedder, args.enroll_list, args.trials_list, config, device, **scoring)
     trials = Path(args.trials) if args.trials else default_trials(config)
     if args.save_threshold or args.backend:
-        from mvector.calibration import calibrate, predictor_trials
+        from mvector.inference.threshold import calibrate, predictor_trials
 
         if cohort is not None:
             raise MVectorError("--save_threshold and --backend score raw cosines: drop --as_norm_cohort")

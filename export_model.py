@@ -7,8 +7,8 @@ the feature front-end inside the graph, config.yml and model.state written besid
 import argparse
 import sys
 
-from mvector.cli import export, run_cli
-from mvector.export import DEFAULT_FORMATS, EXPORT_FORMATS
+from mvector.apps.cli import export, run_cli
+from mvector.inference.export import DEFAULT_FORMATS, EXPORT_FORMATS
 
 
 def parse_args(argv=None):

@@ -8,7 +8,7 @@ are relative to the list's folder. Unusable files are reported and skipped.
 import argparse
 import sys
 
-from mvector.cli import add_backend_argument, add_model_arguments, extract, run_cli
+from mvector.apps.cli import add_backend_argument, add_model_arguments, extract, run_cli
 
 
 def parse_args(argv=None):

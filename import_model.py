@@ -9,7 +9,7 @@ iic/speech_campplus_sv_zh_en_16k-common_advanced; the architecture is recognised
 import argparse
 import sys
 
-from mvector.cli import import_checkpoint, run_cli
+from mvector.apps.cli import import_checkpoint, run_cli
 
 # mvector.pretrained.IMPORT_SOURCES' names, written out so that --help imports no torch.
 SOURCES = ("3dspeaker",)

@@ -5,7 +5,7 @@
 import argparse
 import sys
 
-from mvector.cli import add_backend_argument, add_model_arguments, contrast, run_cli
+from mvector.apps.cli import add_backend_argument, add_model_arguments, contrast, run_cli
 
 
 def parse_args(argv=None):

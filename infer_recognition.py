@@ -1,9 +1,9 @@
 """Voiceprint recognition from the microphone or audio files: an interactive menu, or one action
 per run (--register NAME, --recognize, --list, --remove NAME); see --help for the flags and
-mvector/recognition_app.py for the exit codes."""
+mvector/apps/recognition.py for the exit codes."""
 import sys
 
-from mvector.recognition_app import main
+from mvector.apps.recognition import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,8 +5,8 @@ every request when listening beyond loopback (it refuses to start there without 
 import argparse
 import sys
 
-from mvector.cli import THRESHOLD_HELP, add_backend_argument, add_model_arguments
-from mvector.server.serve import serve
+from mvector.apps.cli import THRESHOLD_HELP, add_backend_argument, add_model_arguments
+from mvector.apps.server.serve import serve
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
-        from mvector.curation import score_losses, write_loss_file
-        from mvector.distributed import select_device
+        from mvector.training.curation import score_losses, write_loss_file
+        from mvector.training.distributed import select_device
 
         rows = score_losses(args.model_dir, args.train_list, device=select_device(args.use_gpu),
                             batch_size=args.batch_size, max_duration=args.max_duration,

@@ -16,7 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["mvector", "mvector.*"]),
-    package_data={"mvector": ["pretrained/*/*", "server/static/*"]},
+    package_data={"mvector": ["pretrained/*/*", "apps/server/static/*"]},
     install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
     extras_require={

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
-        from mvector.trainer import MVectorTrainer
+        from mvector.training.trainer import MVectorTrainer
 
         trainer = MVectorTrainer(args.configs, overrides=args.override, use_gpu=args.use_gpu,
                                  save_model_path=args.save_model_path, log_dir=args.log_dir)

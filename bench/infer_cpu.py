@@ -9,11 +9,11 @@ For each backbone (its config in configs/, random weights) and each shape (one 3
 16 of them in one call, one 10 s utterance) it times ``MVectorPredictor.predict`` /
 ``predict_batch`` on numpy arrays, i.e. the whole user-facing path: loudness normalisation,
 padding, Fbank, backbone, L2 normalisation. Paths: ``eager`` (the torch backend as shipped),
-``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.fuse_batchnorm``),
-``onnx`` (``mvector.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``),
+``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.batchnorm_fusion.fuse_batchnorm``),
+``onnx`` (``mvector.inference.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``),
 ``openvino`` (the same graph compiled by OpenVINO, float32, ``INFERENCE_NUM_THREADS=--threads``)
 and ``onnx-int8`` / ``openvino-int8`` (the graph with its convolutions quantized,
-``mvector.quantize``, calibrated on ``--calibration`` speech, under either engine).
+``mvector.inference.quantize``, calibrated on ``--calibration`` speech, under either engine).
 
 One figure per line, the value last: ``<backbone> <path> <shape> <metric> <value>``; the first line,
 ``cpu isa - extensions ...``, names the CPU's vector extensions, which decide the figures:
@@ -42,13 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mvector.backends import import_onnxruntime  # noqa: E402
+from mvector.inference.backends import import_onnxruntime  # noqa: E402
 from mvector.config import load_config  # noqa: E402
 from mvector.embedder import build_embedder  # noqa: E402
 from mvector.errors import MVectorError  # noqa: E402
-from mvector.export import export_model  # noqa: E402
+from mvector.inference.export import export_model  # noqa: E402
 from mvector.model_dir import save_model_dir  # noqa: E402
-from mvector.predict import MVectorPredictor  # noqa: E402
+from mvector.inference.predictor import MVectorPredictor  # noqa: E402
 from mvector.registry import Registry  # noqa: E402
 from peer import backbone_configs, figure, run_peer_command  # noqa: E402
 from synthetic_voice import voice_like  # noqa: E402

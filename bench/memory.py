@@ -11,7 +11,7 @@ once the predictor is built, before ``predict``) and ``predict_10min_seconds`` (
 Then, as a server sees them, ``--varied`` recordings of as many different lengths (0.5-10 s) go
 through ``predict`` one by one, and ``after_300_varied_lengths_rss`` is the resident size after
 them: an engine that keeps something per input shape shows here. ``--backend`` picks the inference
-backend; for ``onnx`` and ``openvino`` the model directory is exported first (``mvector.export``).
+backend; for ``onnx`` and ``openvino`` the model directory is exported first (``mvector.inference.export``).
 
 Three processes keep the figure honest: this one imports nothing heavy, a helper writes the WAV
 file and model directory, and the measured interpreter is started afresh, so that no peak of the
@@ -49,7 +49,7 @@ def prepare(folder: Path, config: Path, minutes: float, backend: str) -> None:
     weights = {"backbone." + k: v for k, v in build_embedder(loaded).backbone.state_dict().items()}
     save_model_dir(folder / "model", weights, loaded, {"threshold": 0.5})
     if backend != "torch":
-        from mvector.export import export_model
+        from mvector.inference.export import export_model
 
         export_model(folder / "model", folder / "model", "onnx")
 
@@ -71,7 +71,7 @@ def measure(folder: Path, threads: int, backend: str, varied: int) -> dict:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     torch.set_num_threads(threads)
     predictor = MVectorPredictor(folder / "model", backend=backend)

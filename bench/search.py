@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvector.voiceprint_db import DB_FILE, VoiceprintDB  # noqa: E402
+from mvector.library.store import DB_FILE, VoiceprintDB  # noqa: E402
 
 BULK_ROWS = 50_000
 

@@ -38,13 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mvector.augment import SpecAugment, build_wave_augmentation  # noqa: E402
+from mvector.training.augment import SpecAugment, build_wave_augmentation  # noqa: E402
 from mvector.config import load_config  # noqa: E402
 from mvector.embedder import build_featurizer  # noqa: E402
 from mvector.losses import build_loss  # noqa: E402
 from mvector.models import build_backbone  # noqa: E402
 from mvector.models.classifier import build_classifier  # noqa: E402
-from mvector.trainer import TrainGraph  # noqa: E402
+from mvector.training.trainer import TrainGraph  # noqa: E402
 from peer import backbone_configs, figure, run_peer_command  # noqa: E402
 from synthetic_voice import voice_like  # noqa: E402
 

@@ -8,7 +8,7 @@ lists the packaged models with their dev-set figures.
 import argparse
 import sys
 
-from mvector.cli import list_models, quick_check, run_cli
+from mvector.apps.cli import list_models, quick_check, run_cli
 
 
 def main(argv=None) -> int:

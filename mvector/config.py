@@ -123,7 +123,7 @@ SCHEMA = {
             "drop_easiest": Field(NUM, 0.0),
             "loss_file": Field(OPT_STR, None),
         },
-        # Fine-tuning from a teacher model directory (mvector.distillation): each crop's embedding
+        # Fine-tuning from a teacher model directory (mvector.training.distillation): each crop's embedding
         # is pulled towards the teacher's embedding of its whole utterance, weight * (1 - cos).
         "distillation": {
             "teacher": Field(OPT_STR, None),

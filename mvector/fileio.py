@@ -1,6 +1,8 @@
 """Small file helpers shared by the modules that read lists, hash files and write durably."""
 import hashlib
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from mvector.errors import MVectorError
@@ -13,6 +15,25 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_file(path, mode: str = "w"):
+    """Write ``path`` whole or not at all: the handle yielded is a temporary file beside it, flushed to
+    disk and renamed over ``path`` when the block ends without an error, and removed when it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def file_sha256(path):

@@ -41,16 +41,16 @@ import torch  # noqa: E402
 
 from mvector import __version__  # noqa: E402
 from mvector.audio import load_audio  # noqa: E402
-from mvector.backends import torch_device  # noqa: E402
+from mvector.inference.backends import torch_device  # noqa: E402
 from mvector.config import apply_overrides, config_from_dict, load_layered_config  # noqa: E402
-from mvector.data import SpeakerCropDataset, build_train_loader  # noqa: E402
-from mvector.data_lists import create_data_lists  # noqa: E402
+from mvector.training.data import SpeakerCropDataset, build_train_loader  # noqa: E402
+from mvector.training.corpus import create_data_lists  # noqa: E402
 from mvector.errors import ConfigError, MVectorError  # noqa: E402
 from mvector.evaluation import evaluate_trials, read_trials  # noqa: E402
 from mvector.model_dir import (TRAINING_FILE, backbone_weights, load_embedder, read_model_dir,  # noqa: E402
                                save_model_dir)
-from mvector.predict import MVectorPredictor  # noqa: E402
-from mvector.trainer import MVectorTrainer  # noqa: E402
+from mvector.inference.predictor import MVectorPredictor  # noqa: E402
+from mvector.training.trainer import MVectorTrainer  # noqa: E402
 
 logger = logging.getLogger("backbone_table")
 

@@ -15,10 +15,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mvector.calibration import predictor_embeddings  # noqa: E402
+from mvector.inference.threshold import predictor_embeddings  # noqa: E402
 from mvector.evaluation import read_trials  # noqa: E402
 from mvector.metrics import pair_scores, verification_metrics  # noqa: E402
-from mvector.predict import MVectorPredictor  # noqa: E402
+from mvector.inference.predictor import MVectorPredictor  # noqa: E402
 
 
 def corpus_of(path: str, root: Path) -> str:

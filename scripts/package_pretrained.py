@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mvector.calibration import calibrate  # noqa: E402
+from mvector.inference.threshold import calibrate  # noqa: E402
 from mvector.model_dir import backbone_weights, read_model_dir, save_model_dir  # noqa: E402
 
 KEEP_STATE = ("epoch", "step", "num_classes", "margin", "imported_from")

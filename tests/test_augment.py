@@ -1,4 +1,4 @@
-"""mvector/augment.py: each waveform augmentation against its formula (batched, with padding), the RIR cache,
+"""mvector/training/augment.py: each waveform augmentation against its formula (batched, with padding), the RIR cache,
 SpecAugment, config errors."""
 import math
 
@@ -9,8 +9,8 @@ import torch
 import yaml
 from scipy.signal import welch
 
-from mvector import augment as augment_module
-from mvector.augment import (SpecAugment, SpeedPerturb, WaveAugment, build_wave_augmentation, change_speed,
+from mvector.training import augment as augment_module
+from mvector.training.augment import (SpecAugment, SpeedPerturb, WaveAugment, build_wave_augmentation, change_speed,
                              coloured_noise, load_augmentation_config, load_rir_bank, mix_at_snr, reverberate,
                              validate_augmentation_config)
 from mvector.errors import ConfigError

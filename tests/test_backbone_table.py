@@ -142,7 +142,7 @@ def test_another_budget_in_the_same_folder_is_refused(table_run, capsys):
 def test_an_interrupted_training_continues_at_its_step(table_run, monkeypatch):
     """A last_model without a result JSON is resumed, not restarted: only the missing steps run."""
     script, argv, out, _, _ = table_run
-    import mvector.trainer as trainer_module
+    import mvector.training.trainer as trainer_module
 
     seen = {}
 

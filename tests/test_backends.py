@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvector.backends import TorchBackend
+from mvector.inference.backends import TorchBackend
 from mvector.config import load_config
 from mvector.embedder import build_embedder
 from mvector.model_dir import save_model_dir
@@ -91,7 +91,7 @@ def _batchnorms(predictor):
 
 @pytest.mark.parametrize("fuse_batchnorm", [None, True])
 def test_predictor_folds_batchnorm_at_load_by_default_with_the_same_embeddings(tmp_path, fuse_batchnorm):
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     model_dir = _resnet_dir(tmp_path / "model")  # its convolutions feed BatchNorms directly
     waves = [coloured_noise(s, seed=i) for i, s in enumerate((1.5, 1.0, 2.2))]
@@ -103,13 +103,13 @@ def test_predictor_folds_batchnorm_at_load_by_default_with_the_same_embeddings(t
 
 
 def test_folding_that_would_change_outputs_warns_by_default_and_fails_when_required(tmp_path, monkeypatch):
-    from mvector import inference
+    from mvector.inference import batchnorm_fusion
     from mvector.errors import MVectorError
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     model_dir = make_model_dir(tmp_path / "model")
     unfolded = _batchnorms(MVectorPredictor(model_dir, fuse_batchnorm=False))
-    monkeypatch.setattr(inference, "MAX_RELATIVE_ERROR", -1.0)  # every fold now counts as a change
+    monkeypatch.setattr(batchnorm_fusion, "MAX_RELATIVE_ERROR", -1.0)  # every fold now counts as a change
     with pytest.warns(UserWarning, match="fuse_batchnorm: folding .* changed its outputs"):
         predictor = MVectorPredictor(model_dir)
     assert _batchnorms(predictor) == unfolded
@@ -119,7 +119,7 @@ def test_folding_that_would_change_outputs_warns_by_default_and_fails_when_requi
 
 def test_fuse_batchnorm_is_refused_for_other_backends(tmp_path):
     from mvector.errors import ConfigError
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     with pytest.raises(ConfigError, match="fuse_batchnorm applies to the torch backend, not 'onnx'"):
         MVectorPredictor(make_model_dir(tmp_path / "model"), backend="onnx", fuse_batchnorm=True)

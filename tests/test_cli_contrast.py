@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from mvector.predict import MVectorPredictor
+from mvector.inference.predictor import MVectorPredictor
 from predict_helpers import ROOT, bad_audio_files, dev_files, make_model_dir, write_wav
 
 # One torch thread per process: several run at once, and oversubscribed threads crawl.
@@ -122,8 +122,8 @@ def test_backend_errors_are_one_line_naming_the_choices_or_the_missing_file(setu
 def test_contrast_through_an_exported_graph_gives_the_torch_score(setup, tmp_path, capsys):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")
-    from mvector.cli import contrast, run_cli
-    from mvector.export import export_model
+    from mvector.apps.cli import contrast, run_cli
+    from mvector.inference.export import export_model
 
     exported = tmp_path / "exported"
     export_model(setup["model"], exported, "onnx")
@@ -135,7 +135,7 @@ def test_contrast_through_an_exported_graph_gives_the_torch_score(setup, tmp_pat
 
 def test_no_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
     import mvector.pretrained
-    from mvector.cli import contrast, run_cli
+    from mvector.apps.cli import contrast, run_cli
 
     monkeypatch.setattr(mvector.pretrained, "DEFAULT_MODEL_NAME", "NoSuchModel")  # as before one ships
     assert run_cli(contrast, str(tmp_path / "a.wav"), str(tmp_path / "b.wav")) == 2

@@ -26,7 +26,7 @@ def test_shipped_configs_load_and_hold_every_section(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipes_load_with_their_augmentation(path, monkeypatch):
-    from mvector.augment import load_augmentation_config
+    from mvector.training.augment import load_augmentation_config
 
     monkeypatch.chdir(ROOT)  # recipes name their augmentation file relative to the project
     config = load_config(path)

@@ -1,4 +1,4 @@
-"""create_data.py and mvector/data_lists.py: the shared corpus, speaker folders, CN-Celeb and VoxCeleb layouts."""
+"""create_data.py and mvector/training/corpus.py: the shared corpus, speaker folders, CN-Celeb and VoxCeleb layouts."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mvector.data_lists import (NONTARGET_PER_TARGET, Utterance, create_data_lists, generate_trials,
+from mvector.training.corpus import (NONTARGET_PER_TARGET, Utterance, create_data_lists, generate_trials,
                                 read_speaker_list)
 from mvector.errors import ConfigError, MVectorError
 

@@ -1,4 +1,4 @@
-"""mvector/data.py: list reading, crops per epoch, determinism, exclusion, speed classes, collate, preload, loader."""
+"""mvector/training/data.py: list reading, crops per epoch, determinism, exclusion, speed classes, collate, preload, loader."""
 import math
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from mvector.augment import SpeedPerturb, validate_augmentation_config
+from mvector.training.augment import SpeedPerturb, validate_augmentation_config
 from mvector.config import SCHEMA, validate
-from mvector.data import (CropSampler, SpeakerCropDataset, build_train_loader, collate_waveforms,
+from mvector.training.data import (CropSampler, SpeakerCropDataset, build_train_loader, collate_waveforms,
                           read_data_list)
 from mvector.errors import ConfigError
 

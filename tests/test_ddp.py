@@ -6,9 +6,9 @@ import sys
 import torch
 
 from mvector.config import load_config
-from mvector.data import CropSampler, SpeakerCropDataset
+from mvector.training.data import CropSampler, SpeakerCropDataset
 from mvector.model_dir import read_model_dir
-from mvector.trainer import TRACE_ENV
+from mvector.training.trainer import TRACE_ENV
 from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_lists
 
 WORLD = 2

@@ -302,7 +302,7 @@ def test_save_threshold_stores_what_the_predictor_path_measures(model_dir, tmp_p
     import json
     import shutil
 
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     rows = [line.split("\t") for line in (DEV / "trials.tsv").read_text(encoding="utf-8").splitlines()]
     picked = [r for r in rows if r[2] == "1"][:3] + [r for r in rows if r[2] == "0"][:6]

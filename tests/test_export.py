@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from mvector.backends import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OpenVinoBackend
-from mvector.cli import export, run_cli
+from mvector.inference.backends import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OpenVinoBackend
+from mvector.apps.cli import export, run_cli
 from mvector.config import load_config
 from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError, MVectorError
-from mvector.export import PT2_FILE, TORCHSCRIPT_FILE, export_model
+from mvector.inference.export import PT2_FILE, TORCHSCRIPT_FILE, export_model
 from mvector.model_dir import load_embedder, save_model_dir
-from mvector.predict import MIN_DURATION, MVectorPredictor
+from mvector.inference.predictor import MIN_DURATION, MVectorPredictor
 from predict_helpers import ROOT, coloured_noise, dev_files, make_model_dir
 
 COS = 0.9999

@@ -242,7 +242,7 @@ def test_imported_campplus_matches_3dspeakers_code_on_dev_speech(tmp_path, publi
     pytest.importorskip("kaldi_native_fbank", reason="kaldi-native-fbank (the test extra) is not installed")
     import soundfile
 
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     checkpoint, reference = published_checkpoint
     files = parity_files()
@@ -272,8 +272,8 @@ def test_the_imported_default_exports_and_runs_under_openvino_and_int8_is_refuse
     if not calibration.is_file() or not (DEV / "list.tsv").is_file():
         pytest.skip("the corpora in ../shared/data are needed")
     from mvector.errors import MVectorError
-    from mvector.export import export_model
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.export import export_model
+    from mvector.inference.predictor import MVectorPredictor
     from mvector.pretrained import default_model_dir
     from predict_helpers import dev_files
 
@@ -283,7 +283,7 @@ def test_the_imported_default_exports_and_runs_under_openvino_and_int8_is_refuse
     torch_embeddings = MVectorPredictor(out).predict_batch(files)
     openvino_embeddings = MVectorPredictor(out, backend="openvino").predict_batch(files)
     assert np.sum(torch_embeddings * openvino_embeddings, axis=1).min() >= 0.999
-    from mvector.quantize import quantize_onnx
+    from mvector.inference.quantize import quantize_onnx
 
     with pytest.raises(MVectorError, match="too far from float32.*not written"):
         quantize_onnx(out, calibration, max_files=16)

@@ -6,7 +6,7 @@ from torch import nn
 from mvector.config import load_config
 from mvector.embedder import build_embedder
 from mvector.errors import MVectorError
-from mvector.inference import conv_bn_pairs, fuse_batchnorm
+from mvector.inference.batchnorm_fusion import conv_bn_pairs, fuse_batchnorm
 from predict_helpers import ROOT
 
 CONFIGS = ("cam++.yml", "ecapa_tdnn.yml", "eres2net.yml", "res2net.yml", "resnet_se.yml", "tdnn.yml")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mvector import microphone
+from mvector.apps import microphone
 from mvector.audio import load_audio
-from mvector.microphone import MicrophoneError
-from mvector.recognition_app import EXIT_ERROR, EXIT_OK
+from mvector.apps.microphone import MicrophoneError
+from mvector.apps.recognition import EXIT_ERROR, EXIT_OK
 from predict_helpers import dev_by_speaker, make_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ RECORD_SCRIPT = textwrap.dedent("""
     import subprocess, sys, threading, time
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from mvector import microphone
+    from mvector.apps import microphone
     def play():
         time.sleep(float(sys.argv[4]))
         subprocess.run(["paplay", sys.argv[2]], check=True)
@@ -174,7 +174,7 @@ def test_app_registers_and_recognises_from_the_microphone(pulse_env, speech, tmp
     stored, _ = sf.read(enrolled[0], dtype="float32")
     played, _ = sf.read(speech[0], dtype="float32")
     assert best_alignment(stored, played) > 0.9
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
     with MVectorPredictor(model_dir=model, audio_db_path=tmp_path / "db") as predictor:
         predictor.register(speech[1], "other")  # a second speaker, so recognition has a choice
         assert predictor.get_users() == ["other", "夜雨飘零"]

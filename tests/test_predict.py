@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from mvector.errors import AudioError, ConfigError, ModelMismatchError, MVectorError
-from mvector.predict import DEFAULT_THRESHOLD, MIN_DURATION, MVectorPredictor, l2_normalize
+from mvector.inference.predictor import DEFAULT_THRESHOLD, MIN_DURATION, MVectorPredictor, l2_normalize
 from predict_helpers import SAMPLE_RATE, bad_audio_files, coloured_noise, dev_files, make_model_dir, write_wav
 
 COS = 0.9999
@@ -243,8 +243,8 @@ def test_minimum_duration(predictor):
 
 
 def test_the_scripts_offer_every_backend_by_name():
-    from mvector.backends import BACKENDS
-    from mvector.cli import BACKEND_NAMES
+    from mvector.inference.backends import BACKENDS
+    from mvector.apps.cli import BACKEND_NAMES
 
     assert sorted(BACKEND_NAMES) == sorted(BACKENDS)
 

@@ -53,7 +53,7 @@ def dev_pairs(label, count):
 def test_the_default_model_separates_dev_speakers(model_dir):
     if not (DEV / "trials.tsv").is_file():
         pytest.skip(f"shared dev data not found at {DEV}")
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     pairs = {"1": dev_pairs("1", 20), "0": dev_pairs("0", 20)}
     files = sorted({path for both in pairs.values() for pair in both for path in pair})

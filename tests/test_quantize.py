@@ -1,4 +1,4 @@
-"""Int8 ONNX (mvector.quantize): the packaged ECAPA-TDNN's convolutions in int8 keep its embeddings on
+"""Int8 ONNX (mvector.inference.quantize): the packaged ECAPA-TDNN's convolutions in int8 keep its embeddings on
 real speech, the predictor runs the result, and every bad input is refused without writing a file.
 (The default CAM++ does not pass the quantizer's quality check yet: the last test shows it refused.)"""
 import importlib.util
@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from mvector.backends import INT8_ONNX_FILE, ONNX_FILE
+from mvector.inference.backends import INT8_ONNX_FILE, ONNX_FILE
 from mvector.errors import ConfigError, MVectorError
-from mvector.export import export_model
-from mvector.predict import MVectorPredictor
+from mvector.inference.export import export_model
+from mvector.inference.predictor import MVectorPredictor
 from mvector.pretrained import pretrained_model_dir
 from predict_helpers import DATA, ROOT, dev_by_speaker, dev_files
 
@@ -78,7 +78,7 @@ def test_missing_int8_file_names_the_command_that_writes_it(backend, tmp_path):
 
 
 def test_quantizing_needs_the_float32_graph_first(tmp_path):
-    from mvector.quantize import quantize_onnx
+    from mvector.inference.quantize import quantize_onnx
 
     shutil.copytree(pretrained_model_dir(QUANTIZED_MODEL), tmp_path / "m")
     with pytest.raises(MVectorError, match="model.onnx not found: export the float32 ONNX graph first"):
@@ -88,7 +88,7 @@ def test_quantizing_needs_the_float32_graph_first(tmp_path):
 
 
 def test_bad_calibration_audio_is_named(exported, tmp_path):
-    from mvector.quantize import quantize_onnx
+    from mvector.inference.quantize import quantize_onnx
 
     with pytest.raises(ConfigError, match="calibration audio not found: .*nowhere"):
         quantize_onnx(exported, tmp_path / "nowhere", out_path=tmp_path / "q.onnx")
@@ -108,7 +108,7 @@ def test_bad_calibration_audio_is_named(exported, tmp_path):
 
 
 def test_an_int8_graph_that_drifts_is_refused_and_not_written(exported, tmp_path, monkeypatch):
-    import mvector.quantize as quantize
+    import mvector.inference.quantize as quantize
 
     monkeypatch.setattr(quantize, "MIN_COSINE", 1.01)  # no int8 graph can reach it
     with pytest.raises(MVectorError, match=r"too far from float32 \(cosine 0\.9\d+ < 1.01 .*not written"):

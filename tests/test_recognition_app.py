@@ -6,8 +6,8 @@ import pytest
 import soundfile as sf
 
 from mvector.audio import load_audio
-from mvector.microphone import MicrophoneError
-from mvector.recognition_app import (EXIT_ERROR, EXIT_NOT_RECOGNISED, EXIT_OK, RecognitionApp, main)
+from mvector.apps.microphone import MicrophoneError
+from mvector.apps.recognition import (EXIT_ERROR, EXIT_NOT_RECOGNISED, EXIT_OK, RecognitionApp, main)
 from predict_helpers import dev_by_speaker, make_model_dir
 
 
@@ -59,7 +59,7 @@ def test_scripted_register_recognize_list_remove(tmp_path, model_dir, utterances
 def test_voices_enrolled_with_torch_are_recognised_through_openvino(tmp_path, model_dir, utterances, capsys):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")
-    from mvector.export import export_model
+    from mvector.inference.export import export_model
 
     exported = tmp_path / "exported"
     export_model(model_dir, exported, "onnx")
@@ -122,7 +122,7 @@ class Script:
 
 @pytest.fixture
 def predictor(tmp_path, model_dir):
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
     with MVectorPredictor(model_dir=model_dir, audio_db_path=tmp_path / "db", threshold=0.5) as p:
         yield p
 

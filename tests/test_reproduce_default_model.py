@@ -9,7 +9,7 @@ import sys
 import torch
 
 from mvector.model_dir import read_model_dir
-from mvector.predict import MVectorPredictor
+from mvector.inference.predictor import MVectorPredictor
 from training_helpers import REPO, smoke_rows, tiny_overrides, write_augmentation, write_lists
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mvector.model_dir import read_model_dir
-from mvector.trainer import TRACE_ENV, MVectorTrainer
+from mvector.training.trainer import TRACE_ENV, MVectorTrainer
 from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_augmentation, write_lists
 
 SAVE_EVERY = 3
@@ -174,7 +174,7 @@ def test_training_state_is_read_with_weights_only_and_a_poisoned_file_runs_nothi
     import random
 
     from mvector.errors import ModelMismatchError
-    from mvector.trainer import load_training_state, rng_state, set_rng_state
+    from mvector.training.trainer import load_training_state, rng_state, set_rng_state
 
     device = torch.device("cpu")
     torch.save({"rng": [rng_state(device)], "global_step": 3}, tmp_path / "new.pth")

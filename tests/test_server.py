@@ -255,8 +255,8 @@ def asgi_client(app, raise_app_exceptions=False):
 
 @pytest.fixture
 def app_parts(model_dir, tmp_path):
-    from mvector.predict import MVectorPredictor
-    from mvector.voiceprint_db import VoiceprintDB
+    from mvector.inference.predictor import MVectorPredictor
+    from mvector.library.store import VoiceprintDB
 
     predictor = MVectorPredictor(model_dir=model_dir, audio_db_path=tmp_path / "db")
     library = VoiceprintDB(tmp_path / "db", fingerprint=predictor.fingerprint(), progress=False)
@@ -265,7 +265,7 @@ def app_parts(model_dir, tmp_path):
 
 
 def test_beyond_loopback_every_api_call_needs_the_key(app_parts, utterances):
-    from mvector.server.app import create_app
+    from mvector.apps.server.app import create_app
 
     app = create_app(*app_parts, api_key=KEY, require_key_for_reads=True, allowed_hosts=None)
 
@@ -288,7 +288,7 @@ def test_beyond_loopback_every_api_call_needs_the_key(app_parts, utterances):
 
 
 def test_unexpected_errors_answer_a_generic_500(app_parts, utterances, caplog):
-    from mvector.server.app import create_app
+    from mvector.apps.server.app import create_app
 
     predictor, library = app_parts
 
@@ -312,7 +312,7 @@ def test_unexpected_errors_answer_a_generic_500(app_parts, utterances, caplog):
 
 
 def test_micro_batcher_batches_concurrent_requests_and_routes_results():
-    from mvector.server.batcher import MicroBatcher
+    from mvector.apps.server.batcher import MicroBatcher
 
     calls = []
 
@@ -342,7 +342,7 @@ def test_micro_batcher_batches_concurrent_requests_and_routes_results():
 
 def test_loopback_detection_and_key_sources(tmp_path):
     from mvector.errors import ConfigError
-    from mvector.server.security import check_bind, is_loopback, key_matches, resolve_api_key
+    from mvector.apps.server.security import check_bind, is_loopback, key_matches, resolve_api_key
 
     assert [is_loopback(h) for h in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"]] == [True] * 5
     assert [is_loopback(h) for h in ["0.0.0.0", "::", "192.168.1.5", "example.com", ""]] == [False] * 5
@@ -387,7 +387,7 @@ def test_dns_rebinding_and_cross_site_requests_are_refused_before_any_work(serve
 
 
 def test_allowed_hosts_parsing():
-    from mvector.server.guard import LOOPBACK_NAMES, _hostname, parse_allowed_hosts
+    from mvector.apps.server.guard import LOOPBACK_NAMES, _hostname, parse_allowed_hosts
 
     assert parse_allowed_hosts(None, "127.0.0.1", loopback=True) == LOOPBACK_NAMES
     assert parse_allowed_hosts(None, "0.0.0.0", loopback=False) is None
@@ -399,9 +399,9 @@ def test_allowed_hosts_parsing():
 
 def test_on_a_full_disk_erasure_works_and_registration_answers_507(model_dir, utterances, tmp_path):
     from disk_helpers import fill, mounted_small_disk
-    from mvector.predict import MVectorPredictor
-    from mvector.server.app import create_app
-    from mvector.voiceprint_db import VoiceprintDB
+    from mvector.inference.predictor import MVectorPredictor
+    from mvector.apps.server.app import create_app
+    from mvector.library.store import VoiceprintDB
 
     with mounted_small_disk(tmp_path / "disk") as disk:
         predictor = MVectorPredictor(model_dir=model_dir, audio_db_path=disk / "db")

@@ -15,13 +15,13 @@ import torch
 from visualdl import LogReader
 
 from mvector.config import load_config
-from mvector.curation import curated_exclusions, read_loss_file, select_extremes
-from mvector.data import SpeakerCropDataset
+from mvector.training.curation import curated_exclusions, read_loss_file, select_extremes
+from mvector.training.data import SpeakerCropDataset
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.losses import MarginScheduler, build_loss
 from mvector.lr_scheduler import SCHEDULERS
 from mvector.model_dir import load_embedder, read_model_dir, split_weights
-from mvector.trainer import TRACE_ENV, MVectorTrainer
+from mvector.training.trainer import TRACE_ENV, MVectorTrainer
 from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_augmentation, write_lists
 
 MODEL_SUBDIR = "TDNN_Fbank"
@@ -139,7 +139,7 @@ def test_pretrained_reports_a_different_classifier(trained, data, caplog):
     # lr 0 keeps the loaded parameters as they are through the one step.
     overrides = tiny_overrides(four_speakers, max_steps=1) + ["optimizer_conf.optimizer_args.lr=0.0"]
     source = trained.dir / "best_model"
-    with caplog.at_level(logging.INFO, logger="mvector.trainer"):
+    with caplog.at_level(logging.INFO, logger="mvector.training.trainer"):
         run = train(data.dir / "pretrained", overrides, pretrained=source)
     assert "classifier.weight: shape (6, 16) in" in caplog.text and "vs (4, 16) here, skipped" in caplog.text
     _, given, _ = read_model_dir(source)
@@ -152,7 +152,7 @@ def test_pretrained_reports_a_different_classifier(trained, data, caplog):
     with pytest.raises(ModelMismatchError, match="backbone tensor.*--allow_partial"):
         train(data.dir / "narrower", narrower, pretrained=source)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mvector.trainer"):
+    with caplog.at_level(logging.INFO, logger="mvector.training.trainer"):
         partial = train(data.dir / "narrower", narrower, pretrained=source, allow_partial=True)
     assert partial.state["step"] == 1 and "backbone.frames.0.weight: shape" in caplog.text
 
@@ -242,7 +242,7 @@ def test_distillation_pulls_crops_to_the_teachers_utterance_embeddings(trained, 
     overrides = tiny_overrides(data.train, max_steps=2) + [f"train_conf.distillation.teacher={teacher}",
                                                            "train_conf.distillation.weight=5.0",
                                                            "optimizer_conf.optimizer_args.lr=0.0"]
-    with caplog.at_level(logging.INFO, logger="mvector.trainer"):
+    with caplog.at_level(logging.INFO, logger="mvector.training.trainer"):
         run = train(data.dir / "distilled", overrides)
     assert "classifier centres set to the teacher's mean embedding" in caplog.text
     cache = torch.load(run.dir / "teacher_embeddings.pt", weights_only=True)
@@ -262,7 +262,7 @@ def test_distillation_pulls_crops_to_the_teachers_utterance_embeddings(trained, 
     # --pretrained brings is kept.
     stamp = (run.dir / "teacher_embeddings.pt").stat().st_mtime_ns
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mvector.trainer"):
+    with caplog.at_level(logging.INFO, logger="mvector.training.trainer"):
         again = train(data.dir / "distilled", overrides, pretrained=teacher)
     assert (run.dir / "teacher_embeddings.pt").stat().st_mtime_ns == stamp
     assert "classifier centres set" not in caplog.text
@@ -271,7 +271,7 @@ def test_distillation_pulls_crops_to_the_teachers_utterance_embeddings(trained, 
 
 
 def test_distillation_term_is_weighted_one_minus_cosine():
-    from mvector.distillation import distillation_loss
+    from mvector.training.distillation import distillation_loss
 
     student = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
@@ -279,8 +279,8 @@ def test_distillation_term_is_weighted_one_minus_cosine():
 
 
 def test_distillation_settings_are_checked(data):
-    from mvector.augment import build_wave_augmentation
-    from mvector.distillation import check_distillation_conf
+    from mvector.training.augment import build_wave_augmentation
+    from mvector.training.distillation import check_distillation_conf
 
     with pytest.raises(ConfigError, match="distillation.weight must be > 0"):
         check_distillation_conf({"teacher": "t", "weight": 0.0}, None)

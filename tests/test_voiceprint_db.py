@@ -17,9 +17,9 @@ import soundfile as sf
 
 from disk_helpers import fill, mounted_small_disk
 from mvector.errors import MVectorError
-from mvector import search_index
-from mvector.search_index import SearchIndex, exhaustive
-from mvector.voiceprint_db import (DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, UserNameError, VoiceprintDB,
+from mvector.library import index as search_index
+from mvector.library.index import SearchIndex, exhaustive
+from mvector.library.store import (DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, UserNameError, VoiceprintDB,
                                   VoiceprintError)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +294,7 @@ KILL_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from mvector.voiceprint_db import VoiceprintDB
+    from mvector.library.store import VoiceprintDB
     rng = np.random.default_rng(int(sys.argv[3]))
     db = VoiceprintDB(sys.argv[2], fingerprint="model-a", progress=False)
     print("ready", flush=True)
@@ -368,7 +368,7 @@ TWO_PROCESS_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from mvector.voiceprint_db import VoiceprintDB
+    from mvector.library.store import VoiceprintDB
     with VoiceprintDB(sys.argv[2], fingerprint="model-a", progress=False) as db:
         print(",".join(db.get_users()), flush=True)
         sys.stdin.readline()  # the parent registers kim meanwhile
@@ -550,7 +550,7 @@ def small_disk(tmp_path):
 
 
 def test_on_a_full_disk_users_can_still_be_erased_and_writes_fail_clearly(small_disk):
-    from mvector.voiceprint_db import VoiceprintStorageError
+    from mvector.library.store import VoiceprintStorageError
 
     library = small_disk / "db"
     rng = np.random.default_rng(11)

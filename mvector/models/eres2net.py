@@ -83,7 +83,7 @@ class ERes2Net(nn.Module):
     downsampled (3x3, stride 2) and AFF-fused into the next stage's output.
     """
 
-    # Frames per forward pass on the CPU (mvector.backends): beyond about one 4 s utterance the early
+    # Frames per forward pass on the CPU (mvector.inference.backends): beyond about one 4 s utterance the early
     # feature maps outgrow the caches and each utterance costs more (measured up to 1.5x at 16).
     cpu_batch_frames = 400
 

@@ -73,7 +73,7 @@ class SEBottleneck(nn.Module):
 class ResNetSE(nn.Module):
     """SE-ResNet speaker embedding network; ``layers`` blocks per stage, ``num_filters`` widths."""
 
-    # Frames per forward pass on the CPU (mvector.backends): beyond about one 4 s utterance the early
+    # Frames per forward pass on the CPU (mvector.inference.backends): beyond about one 4 s utterance the early
     # feature maps outgrow the caches and each utterance costs more (measured up to 1.5x at 16).
     cpu_batch_frames = 400
 

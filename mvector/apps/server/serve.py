@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 from mvector.errors import ConfigError, MVectorError
-from mvector.server.guard import parse_allowed_hosts
-from mvector.server.security import check_bind, is_loopback, resolve_api_key
+from mvector.apps.server.guard import parse_allowed_hosts
+from mvector.apps.server.security import check_bind, is_loopback, resolve_api_key
 
 EXIT_ERROR = 2
 
@@ -30,11 +30,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
         try:
             import uvicorn
 
-            from mvector.server.app import create_app
+            from mvector.apps.server.app import create_app
         except ImportError as exc:
             raise ConfigError(f"the server needs the 'server' extra (pip install 'mvector[server]'): {exc}") from None
-        from mvector.predict import MVectorPredictor
-        from mvector.voiceprint_db import VoiceprintDB
+        from mvector.inference.predictor import MVectorPredictor
+        from mvector.library.store import VoiceprintDB
 
         predictor = MVectorPredictor(model_dir=model_dir, audio_db_path=audio_db_path, threshold=threshold,
                                      use_gpu=use_gpu, backend=backend, model=model)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mvector import microphone
-from mvector.cli import add_backend_argument, add_model_arguments
+from mvector.apps import microphone
+from mvector.apps.cli import add_backend_argument, add_model_arguments
 from mvector.errors import AudioError, MVectorError
 
 EXIT_OK = 0
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     try:
         if uses_microphone:
             microphone.check_audio_server()  # fail in a moment, before the model loads
-        from mvector.predict import MVectorPredictor
+        from mvector.inference.predictor import MVectorPredictor
 
         with MVectorPredictor(model_dir=args.model_dir, audio_db_path=args.audio_db_path,
                               threshold=args.threshold, use_gpu=args.use_gpu, backend=args.backend,

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvector.audio import load_audio
-from mvector.augment import DEFAULT_SPEEDS
-from mvector.data_lists import probe_durations
+from mvector.training.augment import DEFAULT_SPEEDS
+from mvector.training.corpus import probe_durations
 from mvector.errors import AudioError, ConfigError
 from mvector.fileio import read_list_lines
 
@@ -67,7 +67,7 @@ class SpeakerCropDataset(Dataset):
     """Random crops of the utterances in a training list, with labels and utterance indices.
 
     ``dataset[i]`` -> ``(waveform float32 [N], label, utterance_index)``, speed-perturbed by
-    ``speed_perturb`` (``mvector.augment.SpeedPerturb``) when given; the rest of the waveform
+    ``speed_perturb`` (``mvector.training.augment.SpeedPerturb``) when given; the rest of the waveform
     augmentation runs on the training device, batched. ``utterances`` lists the kept utterances
     (``TrainUtterance(path, label, duration)``); utterances shorter than ``min_duration`` are left
     out (``num_too_short``), as are, when durations must be probed or audio preloaded, unreadable

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch.fx.experimental import _config as fx_config
 
-from mvector.backends import (FINGERPRINT_KEY, INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME,
+from mvector.inference.backends import (FINGERPRINT_KEY, INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME,
                                import_onnxruntime)
 from mvector.errors import ConfigError, MVectorError
-from mvector.inference import noise_batch
+from mvector.inference.batchnorm_fusion import noise_batch
 from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder, model_fingerprint
-from mvector.predict import MIN_DURATION
+from mvector.inference.predictor import MIN_DURATION
 from mvector.registry import Registry
 
 EXPORT_FORMATS = Registry("export format")
@@ -162,7 +162,7 @@ def parse_formats(formats) -> list:
 def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=None) -> dict:
     """Export ``model_dir`` into ``out_dir`` in each of ``formats``; returns ``{format: path}``.
 
-    ``int8_calibration`` (a folder or list of speech, ``mvector.quantize``) also writes the int8 ONNX
+    ``int8_calibration`` (a folder or list of speech, ``mvector.inference.quantize``) also writes the int8 ONNX
     graph, returned as ``'onnx-int8'``; it needs the ``onnx`` format.
     """
     names = parse_formats(formats)
@@ -178,6 +178,6 @@ def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=N
     exporter = _Exporter(embedder, model_fingerprint(model_dir))
     written = {name: EXPORT_FORMATS[name](exporter, out_dir) for name in names}
     if int8_calibration is not None:
-        from mvector.quantize import quantize_onnx
+        from mvector.inference.quantize import quantize_onnx
         written["onnx-int8"], _ = quantize_onnx(out_dir, int8_calibration)
     return written

@@ -35,7 +35,7 @@ def run_cli(command, *args, **kwargs) -> int:
     return 0
 
 
-# mvector.backends.BACKENDS' names, written out so that a script's --help imports no torch (a test
+# mvector.inference.backends.BACKENDS' names, written out so that a script's --help imports no torch (a test
 # keeps the two alike).
 BACKEND_NAMES = ("torch", "onnx", "openvino", "onnx-int8", "openvino-int8")
 
@@ -64,7 +64,7 @@ def add_backend_argument(parser) -> None:
 
 def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False, backend="torch", model=None):
     """Print the similarity of two recordings and the same-speaker decision."""
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     predictor = MVectorPredictor(model_dir=model_dir, threshold=threshold, use_gpu=use_gpu, backend=backend,
                                  model=model)
@@ -82,7 +82,7 @@ def average(model_dirs, out_dir, backbone_only=False, half=False):
 
 
 def export(model_dir, out_dir, formats, int8_calibration=None):
-    from mvector.export import export_model
+    from mvector.inference.export import export_model
 
     for name, path in export_model(model_dir, out_dir, formats, int8_calibration).items():
         print(f"{name}: {path}")
@@ -100,8 +100,8 @@ def import_checkpoint(source, checkpoint, out_dir, architecture=None, overwrite=
 def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True, backend="torch",
             model=None):
     """Embed every file of a list into an .npz; unusable files are reported on stderr and skipped."""
-    from mvector.extract import describe_failures, extract_to_npz
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.extract import describe_failures, extract_to_npz
+    from mvector.inference.predictor import MVectorPredictor
 
     predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu, batch_size=batch_size, backend=backend,
                                  model=model)
@@ -144,7 +144,7 @@ def quick_check(model_dir=None, audio_path1=None, audio_path2=None, use_gpu=Fals
 
     from mvector import __version__
     from mvector.pretrained import default_model_dir
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     if (audio_path1 is None) != (audio_path2 is None):
         raise ConfigError("give both --audio_path1 and --audio_path2, or neither")
@@ -160,7 +160,7 @@ def quick_check(model_dir=None, audio_path1=None, audio_path2=None, use_gpu=Fals
         predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu)
         embed, sample_rate, what = predictor.predict, predictor.sample_rate, f"model {predictor.model_dir}"
     else:
-        from mvector.backends import torch_device
+        from mvector.inference.backends import torch_device
         from mvector.config import config_from_dict
         from mvector.embedder import build_embedder
 

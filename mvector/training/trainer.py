@@ -23,12 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mvector.augment import SpecAugment, build_wave_augmentation
+from mvector.training.augment import SpecAugment, build_wave_augmentation
 from mvector.config import apply_overrides, config_from_dict, load_config
-from mvector.curation import check_curation_conf, curated_exclusions
-from mvector.data import SpeakerCropDataset, build_train_loader
-from mvector.distillation import check_distillation_conf, distillation_loss, init_head_from_teacher, teacher_table
-from mvector.distributed import init_distributed, shutdown_distributed
+from mvector.training.curation import check_curation_conf, curated_exclusions
+from mvector.training.data import SpeakerCropDataset, build_train_loader
+from mvector.training.distillation import check_distillation_conf, distillation_loss, init_head_from_teacher, teacher_table
+from mvector.training.distributed import init_distributed, shutdown_distributed
 from mvector.embedder import SpeakerEmbedder, build_featurizer
 from mvector.errors import ConfigError, MVectorError, ModelMismatchError
 from mvector.evaluation import evaluate_trials

@@ -21,7 +21,7 @@ from torch import nn
 
 from mvector.audio import load_audio, resample
 from mvector.config import NUM, OPT_STR, Field, validate
-from mvector.data_lists import AUDIO_EXTENSIONS
+from mvector.training.corpus import AUDIO_EXTENSIONS
 from mvector.errors import AudioError, ConfigError
 from mvector.registry import Registry
 

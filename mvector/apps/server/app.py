@@ -24,11 +24,11 @@ from starlette.concurrency import run_in_threadpool
 
 from mvector.audio import audio_duration
 from mvector.errors import AudioError, ConfigError, MVectorError
-from mvector.server.batcher import MicroBatcher
-from mvector.server.guard import LOOPBACK_NAMES, HostOriginGuard
-from mvector.server.limits import BodySizeLimit
-from mvector.server.security import API_KEY_ENV, key_matches
-from mvector.voiceprint_db import UserNameError, VoiceprintStorageError, normalize_user_name
+from mvector.apps.server.batcher import MicroBatcher
+from mvector.apps.server.guard import LOOPBACK_NAMES, HostOriginGuard
+from mvector.apps.server.limits import BodySizeLimit
+from mvector.apps.server.security import API_KEY_ENV, key_matches
+from mvector.library.store import UserNameError, VoiceprintStorageError, normalize_user_name
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -39,7 +39,7 @@ DEFAULT_BATCH_WAIT = 0.005
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; media-src 'self' blob:; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
-log = logging.getLogger("mvector.server")
+log = logging.getLogger("mvector.apps.server")
 _bearer = HTTPBearer(auto_error=False, description=f"the server's API key (${API_KEY_ENV})")
 Threshold = Annotated[str | None, Form(max_length=32, description="a cosine in [-1, 1] or an operating point of the "
                                      "model (eer, far=0.01, far=0.001: see /health); default the server's")]

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mvector.data import SpeakerCropDataset, collate_waveforms
+from mvector.training.data import SpeakerCropDataset, collate_waveforms
 from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.losses import build_loss

@@ -19,9 +19,9 @@ from mvector.registry import Registry
 
 BACKENDS = Registry("inference backend")
 
-# Names written by mvector.export and looked up here.
+# Names written by mvector.inference.export and looked up here.
 ONNX_FILE = "model.onnx"
-INT8_ONNX_FILE = "model.int8.onnx"  # written by mvector.quantize
+INT8_ONNX_FILE = "model.int8.onnx"  # written by mvector.inference.quantize
 INPUT_NAMES = ("waveforms", "lengths")
 OUTPUT_NAME = "embeddings"
 # Metadata key of an exported graph: the fingerprint of the model directory it was exported from.
@@ -83,9 +83,9 @@ class TorchBackend:
 
 
 def _fused(embedder, device):
-    """The embedder with its BatchNorms folded into the convolutions before them (mvector.inference),
+    """The embedder with its BatchNorms folded into the convolutions before them (mvector.inference.batchnorm_fusion),
     checked on a padded batch of two noise utterances."""
-    from mvector.inference import fuse_batchnorm, noise_batch
+    from mvector.inference.batchnorm_fusion import fuse_batchnorm, noise_batch
 
     waveforms, lengths = noise_batch((2.0, 1.5), embedder.sample_rate, seed=0)
     return fuse_batchnorm(embedder, (waveforms.to(device), lengths.to(device)))
@@ -100,13 +100,13 @@ def import_onnxruntime():
 
 
 class ExportedGraphBackend:
-    """An exported graph (``mvector.export``, front-end inside) run by an inference engine; the
+    """An exported graph (``mvector.inference.export``, front-end inside) run by an inference engine; the
     subclasses name the engine.
 
     ``onnx_path`` defaults to ``default_file`` in the model directory. The directory's weights,
     config and state are still read: they validate the front-end and give the fingerprint, so
     voiceprints enrolled with any backend stay comparable. The graph must record that same
-    fingerprint (``mvector.export`` writes it), so a graph of other weights, e.g. after retraining
+    fingerprint (``mvector.inference.export`` writes it), so a graph of other weights, e.g. after retraining
     into the same folder, is refused rather than mixed into a voiceprint library.
     """
 
@@ -130,7 +130,7 @@ class ExportedGraphBackend:
                                      f"{self.how_to_write.format(model_dir=self.model_dir)}")
         if inputs != INPUT_NAMES or outputs != (OUTPUT_NAME,):
             raise ModelMismatchError(f"{self.onnx_path}: expected inputs {INPUT_NAMES} and output {OUTPUT_NAME!r}, "
-                                     f"got inputs {inputs} and outputs {outputs}; was it written by mvector.export?")
+                                     f"got inputs {inputs} and outputs {outputs}; was it written by mvector.inference.export?")
         if not isinstance(self.embd_dim, int):
             raise ModelMismatchError(f"{self.onnx_path}: the embedding size is not fixed in the graph")
         self.sample_rate = build_featurizer(self.config).sample_rate
@@ -172,7 +172,7 @@ class OnnxBackend(ExportedGraphBackend):
 
 
 class Int8Graph:
-    """Mixin: the int8 graph ``model.int8.onnx`` (``mvector.quantize``: convolutions in int8,
+    """Mixin: the int8 graph ``model.int8.onnx`` (``mvector.inference.quantize``: convolutions in int8,
     calibrated on speech, checked at export to stay within cosine 0.99 of float32 on held-out
     calibration files)."""
 

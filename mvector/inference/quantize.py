@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mvector.backends import FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT
+from mvector.inference.backends import FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT
 from mvector.errors import ConfigError, MVectorError
 from mvector.evaluation import read_labelled_list
 from mvector.fileio import fsync_dir
-from mvector.predict import MVectorPredictor
+from mvector.inference.predictor import MVectorPredictor
 
 # Lowest cosine between int8 and float32 embeddings of a held-out utterance that is accepted.
 MIN_COSINE = 0.99
@@ -104,7 +104,7 @@ def _record_fingerprint(onnx, path: Path, fingerprint: str) -> None:
 
 
 def quantize_onnx(model_dir, calibration, out_path=None, max_files: int = CALIBRATION_FILES) -> tuple:
-    """Write the int8 graph of ``model_dir/model.onnx`` (``mvector.export``) to ``out_path`` (default
+    """Write the int8 graph of ``model_dir/model.onnx`` (``mvector.inference.export``) to ``out_path`` (default
     ``model_dir/model.int8.onnx``), calibrated on up to ``max_files`` of ``calibration`` (a folder or
     list of speech); a quarter of them (at least two) are held out for the cosine check.
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from mvector.audio import load_audio
 from mvector.errors import MVectorError
 from mvector.fileio import fsync_dir
-from mvector.search_index import SearchIndex
+from mvector.library.index import SearchIndex
 
 try:
     import fcntl

@@ -47,7 +47,7 @@ def predictor_trials(model_dir, trials_path, progress=True, use_gpu=False, backe
     """EER / MinDCF / threshold of a trial list, every file embedded through ``MVectorPredictor`` with
     the given inference ``backend`` (e.g. to check an exported or int8 graph) and windows (None: the
     model config's)."""
-    from mvector.predict import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     paths1, paths2, labels = read_trials(trials_path)
     # The threshold is what this measures; the one given here only keeps the predictor from warning.

@@ -1,0 +1,1 @@
+"""The voiceprint library: durable storage of enrolled speakers and their search index."""

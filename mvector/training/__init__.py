@@ -1,0 +1,1 @@
+"""Training: reads corpora and configs, writes model directories. Never imports ``mvector.inference``."""
