@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
-        from mvector.training.curation import score_losses, write_loss_file
+        from mvector.lists import write_loss_file
+        from mvector.training.curation import score_losses
         from mvector.training.distributed import select_device
 
         rows = score_losses(args.model_dir, args.train_list, device=select_device(args.use_gpu),

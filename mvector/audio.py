@@ -17,6 +17,9 @@ import soxr
 
 from mvector.errors import AudioError, ConfigError
 
+# The file endings taken for audio wherever a folder is scanned (corpora, noise banks, calibration sets).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma")
+
 __all__ = [
     "AudioError",
     "DEFAULT_MAX_DURATION",

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from mvector.audio import audio_duration, load_audio
 from mvector.embedder import window_starts
 from mvector.errors import AudioError, MVectorError
-from mvector.fileio import read_list_lines
+from mvector.lists import read_labelled_list, read_trials
 from mvector.metrics import (AS_NORM_TOP_K, apply_as_norm, cohort_stats, cosine_score_matrix, det_curve,
                              pair_scores, verification_metrics)
 
@@ -29,58 +29,6 @@ logger = logging.getLogger(__name__)
 PAIR_CHUNK = 1 << 16
 # How many unusable files the report names.
 REPORTED_FAILURES = 5
-
-
-def _read_rows(path, min_columns: int, max_columns: int, what: str, layout: str):
-    """Split a TAB-separated list into rows, paths resolved against the list's folder."""
-    path = Path(path)
-    lines = read_list_lines(path, what)
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\n").split("\t")
-        if not min_columns <= len(fields) <= max_columns:
-            raise MVectorError(f"{path}:{number}: expected {layout} (TAB-separated), got {line[:200]!r}")
-        rows.append((number, fields))
-    if not rows:
-        raise MVectorError(f"{what} {path} is empty")
-    return path, rows
-
-
-def _resolve(base: Path, relative: str) -> str:
-    return str(base.parent / relative) if not Path(relative).is_absolute() else relative
-
-
-def read_trials(path):
-    """``(paths1, paths2, labels[bool])`` of a trial list ``path1<TAB>path2<TAB>1|0``."""
-    path, rows = _read_rows(path, 3, 3, "trials file", "path1<TAB>path2<TAB>1|0")
-    paths1, paths2, labels = [], [], []
-    for number, (first, second, label) in rows:
-        if label.strip() not in ("0", "1"):
-            raise MVectorError(f"{path}:{number}: trial label must be 1 (same speaker) or 0, got {label!r}")
-        paths1.append(_resolve(path, first))
-        paths2.append(_resolve(path, second))
-        labels.append(label.strip() == "1")
-    return paths1, paths2, np.array(labels, dtype=bool)
-
-
-def read_labelled_list(path):
-    """``(paths, labels, durations)`` of a list ``path<TAB>label[<TAB>duration]``; durations is a dict
-    path -> seconds of the rows that give one."""
-    path, rows = _read_rows(path, 2, 3, "list", "path<TAB>label[<TAB>duration]")
-    paths, labels, durations = [], [], {}
-    for number, fields in rows:
-        audio = _resolve(path, fields[0])
-        paths.append(audio)
-        labels.append(fields[1])
-        if len(fields) == 3:
-            try:
-                durations[audio] = float(fields[2])
-            except ValueError:
-                raise MVectorError(f"{path}:{number}: duration must be a number of seconds, "
-                                   f"got {fields[2]!r}") from None
-    return paths, labels, durations
 
 
 class _AudioBatches(Dataset):

@@ -30,7 +30,7 @@ def read_rows(list_path, what: str, layout: str, min_columns: int, max_columns: 
             continue
         fields = line.rstrip("\n").split("\t")
         if not min_columns <= len(fields) <= (max_columns or len(fields)) or not all(fields[:min_columns]):
-            raise ConfigError(f"{list_path}:{number}: expected '{layout}' (TAB-separated), got {line.strip()[:200]!r}")
+            raise ConfigError(f"{list_path}:{number}: expected {layout} (TAB-separated), got {line.strip()[:200]!r}")
         rows.append((number, fields))
     if not rows:
         raise ConfigError(f"{what} {list_path} is empty")
@@ -43,7 +43,7 @@ def _duration(list_path, number: int, text: str) -> float:
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds >= 0):
-        raise ConfigError(f"{list_path}:{number}: duration must be a finite number of seconds >= 0, got {text!r}")
+        raise ConfigError(f"{list_path}:{number}: duration must be a number of seconds, finite and >= 0, got {text!r}")
     return seconds
 
 

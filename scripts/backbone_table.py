@@ -46,7 +46,8 @@ from mvector.config import apply_overrides, config_from_dict, load_layered_confi
 from mvector.training.data import SpeakerCropDataset, build_train_loader  # noqa: E402
 from mvector.training.corpus import create_data_lists  # noqa: E402
 from mvector.errors import ConfigError, MVectorError  # noqa: E402
-from mvector.evaluation import evaluate_trials, read_trials  # noqa: E402
+from mvector.evaluation import evaluate_trials  # noqa: E402
+from mvector.lists import read_trials  # noqa: E402
 from mvector.model_dir import (TRAINING_FILE, backbone_weights, load_embedder, read_model_dir,  # noqa: E402
                                save_model_dir)
 from mvector.inference.predictor import MVectorPredictor  # noqa: E402

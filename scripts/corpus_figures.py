@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mvector.inference.threshold import predictor_embeddings  # noqa: E402
-from mvector.evaluation import read_trials  # noqa: E402
+from mvector.lists import read_trials  # noqa: E402
 from mvector.metrics import pair_scores, verification_metrics  # noqa: E402
 from mvector.inference.predictor import MVectorPredictor  # noqa: E402
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mvector.training.corpus import (NONTARGET_PER_TARGET, Utterance, create_data_lists, generate_trials,
-                                read_speaker_list)
+from mvector.lists import read_speaker_list
+from mvector.training.corpus import NONTARGET_PER_TARGET, Utterance, create_data_lists, generate_trials
 from mvector.errors import ConfigError, MVectorError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import torch
 
 from mvector.training.augment import SpeedPerturb, validate_augmentation_config
 from mvector.config import SCHEMA, validate
-from mvector.training.data import (CropSampler, SpeakerCropDataset, build_train_loader, collate_waveforms,
-                          read_data_list)
+from mvector.lists import read_data_list
+from mvector.training.data import CropSampler, SpeakerCropDataset, build_train_loader, collate_waveforms
 from mvector.errors import ConfigError
 
 SR = 16000

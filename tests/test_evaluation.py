@@ -13,8 +13,8 @@ import torch
 from mvector.config import load_config
 from mvector.embedder import build_embedder
 from mvector.errors import MVectorError
-from mvector.evaluation import (evaluate_cross, evaluate_trials, extract_embeddings, read_labelled_list,
-                                read_trials)
+from mvector.evaluation import evaluate_cross, evaluate_trials, extract_embeddings
+from mvector.lists import read_labelled_list, read_trials
 from mvector.metrics import as_norm, cosine_score_matrix, pair_scores, verification_metrics
 from mvector.model_dir import save_model_dir
 

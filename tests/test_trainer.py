@@ -15,7 +15,8 @@ import torch
 from visualdl import LogReader
 
 from mvector.config import load_config
-from mvector.training.curation import curated_exclusions, read_loss_file, select_extremes
+from mvector.lists import read_loss_file
+from mvector.training.curation import curated_exclusions, select_extremes
 from mvector.training.data import SpeakerCropDataset
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.losses import MarginScheduler, build_loss

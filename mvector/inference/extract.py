@@ -4,28 +4,17 @@ The list has one audio path per line, or ``path<TAB>label...`` (only the first c
 relative paths are resolved against the list's folder, as for the dataset lists. Files that cannot
 be used are skipped and reported: one bad recording never stops the extraction of thousands.
 """
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from mvector.errors import MVectorError
-from mvector.fileio import read_list_lines
+from mvector.fileio import atomic_file
+from mvector.lists import read_path_list
 
 # How many unusable files a report names.
 REPORTED_FAILURES = 5
-
-
-def read_path_list(list_path) -> list:
-    """The audio paths of a list (first TAB-separated column of each non-empty line)."""
-    list_path = Path(list_path)
-    lines = read_list_lines(list_path, "file list")
-    paths = [line.split("\t")[0].strip() for line in lines if line.strip()]
-    if not paths:
-        raise MVectorError(f"file list {list_path} is empty")
-    return [os.path.normpath(os.path.join(list_path.parent, p)) for p in paths]
 
 
 def embed_files(predictor, paths, progress: bool = True):
@@ -66,15 +55,8 @@ def describe_failures(failures, total: int) -> str:
 def save_embeddings(out_path, paths, embeddings) -> Path:
     """Write ``paths`` and ``embeddings`` to ``out_path`` (.npz) atomically: never a half-written file."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, paths=np.array(paths, dtype=str), embeddings=np.asarray(embeddings, dtype=np.float32))
-        os.replace(tmp, out_path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(out_path, "wb") as fh:
+        np.savez(fh, paths=np.array(paths, dtype=str), embeddings=np.asarray(embeddings, dtype=np.float32))
     return out_path
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from mvector.inference.backends import FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT
+from mvector.audio import AUDIO_EXTENSIONS
 from mvector.errors import ConfigError, MVectorError
-from mvector.evaluation import read_labelled_list
+from mvector.lists import read_labelled_list
 from mvector.fileio import fsync_dir
 from mvector.inference.predictor import MVectorPredictor
 
 # Lowest cosine between int8 and float32 embeddings of a held-out utterance that is accepted.
 MIN_COSINE = 0.99
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma"}
 # Calibration utterances are cropped to this: ranges settle within seconds, and the cost grows with length.
 MAX_SECONDS = 6.0
 MIN_FILES = 4
@@ -41,7 +41,7 @@ def calibration_files(source, max_files: int = CALIBRATION_FILES) -> list:
     to the list's folder), at most ``max_files`` spread evenly over it."""
     source = Path(source)
     if source.is_dir():
-        paths = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        paths = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     elif source.is_file():
         paths = read_labelled_list(source)[0]
     else:

@@ -7,13 +7,14 @@ operating points (``eer``, ``far=0.01``, ``far=0.001``) a user may choose instea
 """
 import json
 import logging
-import os
 from pathlib import Path
 
 from tqdm import tqdm
 
 from mvector.errors import AudioError
-from mvector.evaluation import read_trials, score_trials
+from mvector.fileio import atomic_file
+from mvector.evaluation import score_trials
+from mvector.lists import read_trials
 from mvector.model_dir import STATE_FILE
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ def calibrate(model_dir, trials_path, progress=True, use_gpu=False) -> dict:
                  min_dcf_05=result["min_dcf_05"], operating_points=result["operating_points"],
                  calibration_trials=Path(trials_path).name,
                  calibration_num_trials=result["num_trials"])
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, state_path)
+    with atomic_file(state_path) as fh:
+        fh.write(json.dumps(state, indent=2, ensure_ascii=False))
     return result

@@ -19,10 +19,10 @@ import torch
 import yaml
 from torch import nn
 
-from mvector.audio import load_audio, resample
+from mvector.audio import AUDIO_EXTENSIONS, load_audio, resample
 from mvector.config import NUM, OPT_STR, Field, validate
-from mvector.training.corpus import AUDIO_EXTENSIONS
 from mvector.errors import AudioError, ConfigError
+from mvector.fileio import atomic_file
 from mvector.registry import Registry
 
 AUG_SCHEMA = {
@@ -354,7 +354,8 @@ def simulate_rir_bank(sample_rate: int, count: int, seed: int = 0) -> list:
 def load_rir_bank(sample_rate: int, count: int = 200, cache_dir=None, seed: int = 0) -> list:
     """The simulated bank from ``cache_dir`` (default ``$MVECTOR_CACHE`` or ~/.cache/mvector),
     simulating and saving it first when absent or unreadable. Written through a per-process
-    temporary file and an atomic rename, so DDP ranks filling the cache at once do not clash."""
+    temporary file and an atomic rename (``fileio.atomic_file``), so DDP ranks filling the cache at
+    once do not clash."""
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = directory / f"rir_bank_{sample_rate}_{count}_seed{seed}.npz"
     try:
@@ -364,9 +365,8 @@ def load_rir_bank(sample_rate: int, count: int = 200, cache_dir=None, seed: int 
         pass
     rirs = simulate_rir_bank(sample_rate, count, seed)
     directory.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(temporary, samples=np.concatenate(rirs), lengths=np.array([len(r) for r in rirs]))
-    os.replace(temporary, path)
+    with atomic_file(path, "wb") as fh:
+        np.savez(fh, samples=np.concatenate(rirs), lengths=np.array([len(r) for r in rirs]))
     return rirs
 
 

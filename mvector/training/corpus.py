@@ -21,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mvector.audio import audio_duration
+from mvector.audio import AUDIO_EXTENSIONS, audio_duration
 from mvector.errors import ConfigError, MVectorError
-from mvector.fileio import read_list_lines
+from mvector.fileio import atomic_file, read_list_lines
+from mvector.lists import read_speaker_list, read_trials, write_rows
 from mvector.registry import Registry
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 # Generated trials keep every target pair and this many times as many random non-target pairs,
 # the proportion of the shared dev trials.
 NONTARGET_PER_TARGET = 10
@@ -210,22 +210,6 @@ def scan_speaker_folders(root: Path):
     return utterances
 
 
-def read_speaker_list(list_path: Path):
-    """A ``relative/path<TAB>speaker_id`` list; paths resolved against the list's folder."""
-    base = list_path.parent
-    utterances = []
-    for number, line in enumerate(read_list_lines(list_path, "corpus list", ConfigError), start=1):
-        if not line.strip():
-            continue
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise ConfigError(f"{list_path}:{number}: expected 'relative/path<TAB>speaker_id', got {line.strip()!r}")
-        utterances.append(Utterance(_absolute(base, parts[0]), parts[1]))
-    return utterances
-
-
-
-
 def _absolute(base: Path, relative: str) -> str:
     return os.path.normpath(os.path.join(base, relative))
 
@@ -249,27 +233,15 @@ class SharedLayout:
         train_root = _subdir(root, train_dir, "train")
         if not (train_root / "list.tsv").is_file():
             raise ConfigError(f"shared layout: {train_root / 'list.tsv'} not found")
-        corpus = Corpus(train=read_speaker_list(train_root / "list.tsv"))
+        corpus = Corpus(train=[Utterance(*row) for row in read_speaker_list(train_root / "list.tsv")])
         dev_root = _subdir(root, dev_dir, "dev")
         if (dev_root / "list.tsv").is_file():
-            corpus.enroll, corpus.test = split_enroll_test(read_speaker_list(dev_root / "list.tsv"))
+            corpus.enroll, corpus.test = split_enroll_test([Utterance(*row) for row in read_speaker_list(dev_root / "list.tsv")])
             if (dev_root / "trials.tsv").is_file():
-                corpus.trials = _read_pair_trials(dev_root / "trials.tsv")
+                corpus.trials = list(zip(*read_trials(dev_root / "trials.tsv")))
         elif dev_dir:
             raise ConfigError(f"--dev_dir: {dev_root / 'list.tsv'} not found")
         return corpus
-
-
-def _read_pair_trials(path: Path):
-    trials = []
-    for number, line in enumerate(read_list_lines(path, "trial list", ConfigError), start=1):
-        if not line.strip():
-            continue
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) != 3 or parts[2] not in ("0", "1"):
-            raise ConfigError(f"{path}:{number}: expected 'path1<TAB>path2<TAB>1|0', got {line.strip()!r}")
-        trials.append((_absolute(path.parent, parts[0]), _absolute(path.parent, parts[1]), int(parts[2])))
-    return trials
 
 
 @LAYOUTS.register(name="cnceleb")
@@ -387,23 +359,16 @@ class SpeakerFolderLayout:
         return corpus
 
 
-def _write_atomic(path: Path, text: str) -> str:
-    """Write through a temporary file so a reader never sees half a list."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return str(path)
-
-
 def _write_list(path: Path, utterances, labels: dict, durations: dict) -> str:
-    lines = [f"{u.path}\t{labels[u.speaker]}\t{durations[u.path]:.3f}\n" for u in utterances]
-    return _write_atomic(path, "".join(lines))
+    return write_rows(path, ((u.path, labels[u.speaker], f"{durations[u.path]:.3f}") for u in utterances))
 
 
 def _write_trials(path: Path, trials) -> str:
-    return _write_atomic(path, "".join(f"{a}\t{b}\t{label}\n" for a, b, label in trials))
+    return write_rows(path, ((a, b, int(label)) for a, b, label in trials))
 
 
 def _write_json(path: Path, labels: dict) -> str:
     by_label = {str(label): speaker for speaker, label in labels.items()}
-    return _write_atomic(path, json.dumps(by_label, ensure_ascii=False, indent=1) + "\n")
+    with atomic_file(path) as fh:
+        fh.write(json.dumps(by_label, ensure_ascii=False, indent=1) + "\n")
+    return str(path)

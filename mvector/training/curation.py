@@ -5,7 +5,6 @@ A trained model scores every training utterance's loss (``score_losses``, writte
 (mostly mislabelled or broken audio) and the easiest fraction (already learnt, little gradient):
 ``train_conf.curation`` and ``curated_exclusions``.
 """
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from tqdm import tqdm
 from mvector.training.data import SpeakerCropDataset, collate_waveforms
 from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError
+from mvector.lists import read_loss_file
 from mvector.losses import build_loss
 from mvector.model_dir import MODEL_FILE, load_state_strict, read_model_dir, split_weights
 from mvector.models.classifier import build_classifier
@@ -37,36 +37,6 @@ def check_curation_conf(curation: dict) -> None:
     if not loss_file or not Path(loss_file).is_file():
         raise ConfigError(f"train_conf.curation.loss_file: loss file not found: {loss_file!r} "
                           f"(write one with score_losses.py)")
-
-
-def write_loss_file(rows, path) -> Path:
-    """``rows`` of (path, label, loss) -> a TSV sorted as given."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for audio_path, label, loss in rows:
-            fh.write(f"{audio_path}\t{label}\t{loss:.6f}\n")
-    return path
-
-
-def read_loss_file(path) -> dict:
-    """``{audio path: loss}`` from a file written by ``write_loss_file``."""
-    losses = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\n").split("\t")
-            try:
-                loss = float(fields[2])
-            except (IndexError, ValueError):
-                raise ConfigError(f"{path}:{number}: expected path<TAB>label<TAB>loss, got {line.strip()!r}") from None
-            if not math.isfinite(loss):
-                raise ConfigError(f"{path}:{number}: loss is {loss}")
-            losses[fields[0]] = loss
-    if not losses:
-        raise ConfigError(f"{path}: loss file is empty")
-    return losses
 
 
 def select_extremes(losses, drop_hardest: float, drop_easiest: float) -> np.ndarray:

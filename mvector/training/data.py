@@ -16,7 +16,6 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -27,7 +26,7 @@ from mvector.audio import load_audio
 from mvector.training.augment import DEFAULT_SPEEDS
 from mvector.training.corpus import probe_durations
 from mvector.errors import AudioError, ConfigError
-from mvector.fileio import read_list_lines
+from mvector.lists import read_data_list
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +38,6 @@ class TrainUtterance(NamedTuple):
     path: str
     label: int
     duration: float
-
-
-def read_data_list(path) -> list:
-    """``[(path, label, duration or None), ...]`` from a ``path<TAB>label[<TAB>duration_seconds]`` list."""
-    path = Path(path)
-    lines = read_list_lines(path, "data list", ConfigError)
-    entries = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) not in (2, 3) or not parts[0]:
-            raise ConfigError(f"{path}:{number}: expected 'path<TAB>label[<TAB>duration_seconds]', got {line!r}")
-        try:
-            label = int(parts[1])
-            duration = float(parts[2]) if len(parts) == 3 else None
-        except ValueError:
-            raise ConfigError(f"{path}:{number}: label must be an integer and duration a number, got {line!r}") from None
-        if label < 0 or (duration is not None and not (math.isfinite(duration) and duration >= 0)):
-            raise ConfigError(f"{path}:{number}: label must be >= 0 and duration a finite number >= 0, got {line!r}")
-        entries.append((parts[0], label, duration))
-    return entries
 
 
 class SpeakerCropDataset(Dataset):
