@@ -10,14 +10,13 @@ it started from when their classifier heads differ (a "model soup"). The result 
 config of the last directory and is a model directory like any other (evaluate, export or ship
 it), but not a training checkpoint: it cannot be resumed.
 """
-import argparse
 import sys
 
-from mvector.apps.cli import average, run_cli
+from mvector.apps.cli import average, run_cli, script_parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "average_model.py")
     parser.add_argument("--model_dirs", nargs="+", required=True, help="model directories to average")
     parser.add_argument("--out_dir", required=True, help="where to write the averaged model directory")
     parser.add_argument("--backbone_only", action="store_true",

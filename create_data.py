@@ -1,15 +1,15 @@
 """Write the data lists (dataset/train_list.txt, enroll_list.txt, trials_list.txt, trials.tsv,
-speakers.json) that training and evaluation read. See mvector/training/corpus.py for the layouts."""
-import argparse
+speakers.json, dev_speakers.json) that training and evaluation read. See mvector/training/corpus.py
+for the layouts."""
 import sys
 from pathlib import Path
 
-from mvector.training.corpus import LAYOUTS, create_data_lists, default_data_root
-from mvector.errors import MVectorError
+from mvector.apps.cli import create_lists, run_cli, script_parser
+from mvector.training.corpus import LAYOUTS
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = script_parser(__doc__, "create_data.py")
     parser.add_argument("--data_root", default=None,
                         help="corpus folder (default: ../shared/data beside this checkout, when present)")
     parser.add_argument("--out_dir", default="dataset", help="where the lists are written")
@@ -21,16 +21,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        data_root = args.data_root or default_data_root(Path(__file__).parent)
-        report = create_data_lists(data_root, args.out_dir, args.layout, args.train_dir, args.dev_dir,
-                                   num_threads=args.num_threads)
-    except MVectorError as error:
-        sys.exit(f"create_data.py: error: {error}")
-    print(report.summary())
+def main(argv=None) -> int:
+    return run_cli(create_lists, checkout=Path(__file__).resolve().parent, **vars(parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

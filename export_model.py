@@ -4,15 +4,14 @@ the feature front-end inside the graph, config.yml and model.state written besid
     python export_model.py --model_dir models/CAMPPlus_Fbank/best_model --out_dir exported/ --formats onnx,torchscript
     python export_model.py --model_dir ... --formats onnx --int8_calibration ../shared/data/dev/list.tsv
 """
-import argparse
 import sys
 
-from mvector.apps.cli import export, run_cli
+from mvector.apps.cli import export, run_cli, script_parser
 from mvector.inference.export import DEFAULT_FORMATS, EXPORT_FORMATS
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "export_model.py")
     parser.add_argument("--model_dir", required=True, help="model directory to export")
     parser.add_argument("--out_dir", default="exported/", help="where to write the exported model")
     parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),

@@ -5,19 +5,18 @@ are relative to the list's folder. Unusable files are reported and skipped.
 
     python extract_embeddings.py --list dataset/enroll_list.txt --out enroll.npz [--model_dir models/...]
 """
-import argparse
 import sys
 
-from mvector.apps.cli import add_backend_argument, add_model_arguments, extract, run_cli
+from mvector.apps.cli import add_backend_argument, add_device_argument, add_model_arguments, extract, run_cli, script_parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "extract_embeddings.py")
     parser.add_argument("--list", required=True, help="file list: one path per line, or path<TAB>label")
     parser.add_argument("--out", required=True, help="output .npz file")
     add_model_arguments(parser, threshold=False)
     parser.add_argument("--batch_size", type=int, default=16, help="utterances per forward pass")
-    parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
+    add_device_argument(parser)
     add_backend_argument(parser)
     return parser.parse_args(argv)
 

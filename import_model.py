@@ -6,17 +6,16 @@ predictor, eval.py, export_model.py, the voiceprint library and train.py --pretr
 3dspeaker: a CAM++ state dict of 3D-Speaker (github.com/modelscope/3D-Speaker), e.g. ModelScope's
 iic/speech_campplus_sv_zh_en_16k-common_advanced; the architecture is recognised from its tensors.
 """
-import argparse
 import sys
 
-from mvector.apps.cli import import_checkpoint, run_cli
+from mvector.apps.cli import import_checkpoint, run_cli, script_parser
 
 # mvector.pretrained.IMPORT_SOURCES' names, written out so that --help imports no torch.
 SOURCES = ("3dspeaker",)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "import_model.py")
     parser.add_argument("--from", dest="source", required=True, help=f"checkpoint format: {', '.join(SOURCES)}")
     parser.add_argument("--checkpoint", required=True, help="the checkpoint file")
     parser.add_argument("--out_dir", required=True, help="model directory to write (must not exist or be empty)")

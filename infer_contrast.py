@@ -2,18 +2,17 @@
 
     python infer_contrast.py --audio_path1 a.wav --audio_path2 b.flac [--model_dir models/...]
 """
-import argparse
 import sys
 
-from mvector.apps.cli import add_backend_argument, add_model_arguments, contrast, run_cli
+from mvector.apps.cli import add_backend_argument, add_device_argument, add_model_arguments, contrast, run_cli, script_parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "infer_contrast.py")
     parser.add_argument("--audio_path1", required=True, help="first recording")
     parser.add_argument("--audio_path2", required=True, help="second recording")
     add_model_arguments(parser)
-    parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
+    add_device_argument(parser)
     add_backend_argument(parser)
     return parser.parse_args(argv)
 

@@ -5,14 +5,14 @@ every request when listening beyond loopback (it refuses to start there without 
 import argparse
 import sys
 
-from mvector.apps.cli import THRESHOLD_HELP, add_backend_argument, add_model_arguments
+from mvector.apps.cli import THRESHOLD_HELP, add_backend_argument, add_device_argument, add_model_arguments, script_parser
 from mvector.apps.server.serve import serve
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infer_server.py", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser = script_parser(__doc__, "infer_server.py")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--allowed_hosts", default=None,
                         help="comma-separated Host names the server answers for, * for any (default: the "
                              "loopback names when listening on loopback, any name beyond it)")
@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_audio_seconds", type=float, default=60.0, help="longest recording accepted")
     parser.add_argument("--threshold", default=None, help=THRESHOLD_HELP)
     parser.add_argument("--max_concurrency", type=int, default=2,
-                        help="decoding and model jobs running at once (default 2)")
-    parser.add_argument("--use_gpu", action="store_true", help="run the model on a CUDA GPU")
+                        help="decoding and model jobs running at once")
+    add_device_argument(parser)
     add_backend_argument(parser)
     return parser
 

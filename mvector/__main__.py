@@ -5,19 +5,17 @@ speed (with the shipped model, or the default config's model with random weights
 shipped); with ``--audio_path1``/``--audio_path2`` it compares two recordings; ``--list_models``
 lists the packaged models with their dev-set figures.
 """
-import argparse
 import sys
 
-from mvector.apps.cli import list_models, quick_check, run_cli
+from mvector.apps.cli import add_device_argument, list_models, quick_check, run_cli, script_parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mvector", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "python -m mvector")
     parser.add_argument("--model_dir", default=None, help="model directory (default: the packaged model)")
     parser.add_argument("--audio_path1", default=None, help="first recording to compare")
     parser.add_argument("--audio_path2", default=None, help="second recording to compare")
-    parser.add_argument("--use_gpu", action="store_true", help="run on a CUDA GPU")
+    add_device_argument(parser)
     parser.add_argument("--list_models", action="store_true", help="list the packaged models and exit")
     args = parser.parse_args(argv)
     if args.list_models:

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from mvector import __version__  # noqa: E402
 from mvector.audio import load_audio  # noqa: E402
-from mvector.inference.backends import torch_device  # noqa: E402
+from mvector.device import choose_device  # noqa: E402
 from mvector.config import apply_overrides, config_from_dict, load_layered_config  # noqa: E402
 from mvector.training.data import SpeakerCropDataset, build_train_loader  # noqa: E402
 from mvector.training.corpus import create_data_lists  # noqa: E402
@@ -223,7 +223,7 @@ def train(name: str, config: dict, args) -> dict:
 
 def score(model_dir, trials, use_gpu: bool, progress: bool) -> dict:
     """EER / MinDCF of the model on the trials and its embedding backbone's parameter count."""
-    device = torch_device(use_gpu and torch.cuda.is_available())
+    device = choose_device("auto" if use_gpu else False)
     embedder, config, _ = load_embedder(model_dir, device)
     metrics = evaluate_trials(embedder, trials, config, device, progress=progress)
     return {"params": sum(p.numel() for p in embedder.backbone.parameters()),

@@ -278,9 +278,9 @@ def test_eval_script_reports_bad_input_in_one_line(model_dir, tmp_path, capsys, 
         "threshold with other windows": ["--model_dir", str(model_dir), "--trials", str(malformed),
                                          "--save_threshold", "--window_seconds", "2"],
     }[problem]
-    assert load_eval_script().main(argv + ["--no_progress"]) == 1
+    assert load_eval_script().main(argv + ["--no_progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("eval.py: error: "), err
+    assert len(err) == 1 and err[0].startswith("error: "), err
     assert {"missing model dir": "model directory not found", "missing trials": "trials file not found",
             "malformed trials": "bad.tsv:1", "half a pair": "go together", "hop over window": "--hop_seconds must be",
             "threshold with other windows": "drop --window_seconds"}[problem] in err[0]
@@ -291,9 +291,9 @@ def test_eval_script_without_model_dir_needs_a_shipped_model(tmp_path, capsys, m
 
     monkeypatch.setattr(mvector.pretrained, "DEFAULT_MODEL_NAME", "NoSuchModel")  # as before one ships
     script = load_eval_script()
-    assert script.main(["--trials", str(tmp_path / "t.tsv"), "--no_progress"]) == 1
+    assert script.main(["--trials", str(tmp_path / "t.tsv"), "--no_progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("eval.py: error: no --model_dir given and no pretrained default model is shipped"), err
+    assert len(err) == 1 and err[0].startswith("error: no --model_dir given and no pretrained default model is shipped"), err
 
 
 def test_save_threshold_stores_what_the_predictor_path_measures(model_dir, tmp_path, capsys):

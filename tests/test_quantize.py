@@ -132,5 +132,5 @@ def test_eval_scores_trials_through_any_backend(exported, tmp_path, capsys):
         results[backend] = capsys.readouterr().out
     assert results["torch"].startswith("EER: ") and results["onnx-int8"].startswith("EER: ")
     assert eval_script.main(["--model_dir", str(exported), "--trials", str(trials), "--backend", "onnx-int8",
-                             "--save_threshold"]) == 1
+                             "--save_threshold"]) == 2
     assert "--save_threshold measures the threshold through the torch backend" in capsys.readouterr().err

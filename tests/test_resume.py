@@ -118,9 +118,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, mo
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     result = subprocess.run(train_command(tmp_path, overrides(tmp_path), ["--resume"]), cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"train.py: error: --resume: nothing to resume: "
+        f"error: --resume: nothing to resume: "
         f"{tmp_path / 'models' / 'TDNN_Fbank' / 'last_model' / 'training.pth'} not found"]
 
 

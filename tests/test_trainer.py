@@ -217,9 +217,9 @@ def test_train_py_errors_are_one_line(data, tmp_path):
         result = subprocess.run([sys.executable, "train.py", "--configs", str(BASE_CONFIG), "--override", override,
                                  "--save_model_path", str(tmp_path / "m"), "--log_dir", str(tmp_path / "log"),
                                  "--use_gpu", "false"], cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 1
+        assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("train.py: error:") and expected in lines[0], result.stderr
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], result.stderr
 
 
 def test_a_torch_compile_failure_says_how_to_train_without_it(data, tmp_path):
@@ -230,9 +230,9 @@ def test_a_torch_compile_failure_says_how_to_train_without_it(data, tmp_path):
         command += ["--override", override]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "CXX": "/bin/false"}, capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("train.py: error: torch.compile failed") and "use_compile=false" in last, result.stderr
+    assert last.startswith("error: torch.compile failed") and "use_compile=false" in last, result.stderr
     assert "Traceback" not in result.stderr
 
 

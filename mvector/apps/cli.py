@@ -1,8 +1,11 @@
 """What the command-line scripts run once they have parsed their arguments.
 
-``run_cli`` turns our errors into one line on stderr and exit status 2, so a bad recording or a
-missing model never shows the user a traceback.
+Every root script parses its arguments and hands one function of the package to ``run_cli``, which
+turns our errors into one line on stderr (``error: ...``) and exit status 2 (argparse's status for
+bad arguments), so a bad recording or a missing model never shows the user a traceback.
 """
+import argparse
+import logging
 import sys
 import time
 import warnings
@@ -29,10 +32,59 @@ def run_cli(command, *args, **kwargs) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say what an interruption keeps
+        print(f"interrupted; {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` keeps the description's line breaks and shows each option's default, unless the
+    help text already says what it is (a default worked out at run time) or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def script_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser every root script starts from: its docstring as the description."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+
+
+def _device_word(text: str):
+    choice = {"auto": "auto", "true": True, "false": False}.get(text.lower())
+    if choice is None:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return choice
+
+
+def add_device_argument(parser, default=False) -> None:
+    """``--use_gpu [auto|true|false]``, the one device vocabulary of every script (``--use_gpu`` alone: true)."""
+    parser.add_argument("--use_gpu", nargs="?", const=True, default=default, type=_device_word,
+                        metavar="{auto,true,false}",
+                        help="run on a CUDA GPU: true (required), false, or auto (when present)")
+
+
+def log_to_stderr(level=logging.WARNING) -> None:
+    """Log lines on stderr, printed above any progress bar instead of through it."""
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+                         if level <= logging.INFO else logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class _TqdmHandler(logging.StreamHandler):
+    def emit(self, record):
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never take the command down
+            self.handleError(record)
 
 
 # mvector.inference.backends.BACKENDS' names, written out so that a script's --help imports no torch (a test
@@ -58,7 +110,7 @@ def add_model_arguments(parser, threshold=True) -> None:
 def add_backend_argument(parser) -> None:
     """``--backend`` for the scripts that embed through MVectorPredictor."""
     parser.add_argument("--backend", default="torch",
-                        help=f"inference backend: {', '.join(BACKEND_NAMES)} (default torch; the others run a "
+                        help=f"inference backend: {', '.join(BACKEND_NAMES)} (torch; the others run a "
                              "directory written by export_model.py, openvino the fastest float32 path on x86 CPUs)")
 
 
@@ -160,12 +212,12 @@ def quick_check(model_dir=None, audio_path1=None, audio_path2=None, use_gpu=Fals
         predictor = MVectorPredictor(model_dir=model_dir, use_gpu=use_gpu)
         embed, sample_rate, what = predictor.predict, predictor.sample_rate, f"model {predictor.model_dir}"
     else:
-        from mvector.inference.backends import torch_device
+        from mvector.device import choose_device
         from mvector.config import config_from_dict
         from mvector.embedder import build_embedder
 
         config = config_from_dict({})
-        device = torch_device(use_gpu)
+        device = choose_device(use_gpu)
         embedder = build_embedder(config).to(device).eval()
         sample_rate = embedder.sample_rate
         what = f"{config['model_conf']['model']} with random weights (no pretrained model is shipped yet)"
@@ -186,3 +238,43 @@ def quick_check(model_dir=None, audio_path1=None, audio_path2=None, use_gpu=Fals
     print(f"mvector {__version__}: {what}")
     print(f"embedding size {embedding.shape[-1]}; {duration:.1f} s of audio embedded in {seconds * 1000:.1f} ms "
           f"({duration / seconds:.0f}x real time)")
+
+
+def train(configs, override=(), resume=False, pretrained=None, allow_partial=False, save_model_path="models/",
+          use_gpu="auto", log_dir="log/"):
+    """``train.py``: train from a YAML config (CPU, one GPU, or one process per GPU under torchrun)."""
+    from mvector.training.trainer import MVectorTrainer
+
+    trainer = MVectorTrainer(configs, overrides=override, use_gpu=use_gpu, save_model_path=save_model_path,
+                             log_dir=log_dir)
+    try:
+        trainer.train(resume=resume, pretrained=pretrained, allow_partial=allow_partial)
+    except KeyboardInterrupt:  # Ctrl-C, or `timeout --signal=INT` (scripts/device_train.sh)
+        raise KeyboardInterrupt("finished epochs and the last step checkpoint are kept "
+                                "(--resume continues from it)") from None
+
+
+def create_lists(checkout, data_root=None, out_dir="dataset", layout="auto", train_dir=None, dev_dir=None,
+                 num_threads=16):
+    """``create_data.py``: the data lists of a corpus (``data_root`` default: ``../shared/data`` beside
+    the ``checkout``)."""
+    from mvector.training.corpus import create_data_lists, default_data_root
+
+    report = create_data_lists(data_root or default_data_root(checkout), out_dir, layout, train_dir, dev_dir,
+                               num_threads=num_threads)
+    print(report.summary())
+
+
+def score_training_losses(model_dir, out, train_list=None, max_duration=None, batch_size=None, num_workers=None,
+                          use_gpu="auto", progress=True):
+    """``score_losses.py``: every training utterance's loss, written as a list for curation."""
+    from mvector.device import choose_device
+    from mvector.lists import write_loss_file
+    from mvector.training.curation import score_losses
+
+    rows = score_losses(model_dir, train_list, device=choose_device(use_gpu), batch_size=batch_size,
+                        max_duration=max_duration, num_workers=num_workers, progress=progress)
+    write_loss_file(rows, out)
+    losses = sorted(loss for _, _, loss in rows)
+    print(f"scored {len(rows)} utterances -> {out} (loss median {losses[len(losses) // 2]:.4f}, "
+          f"max {losses[-1]:.4f})")

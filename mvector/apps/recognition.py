@@ -12,11 +12,10 @@ one line on stderr.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from mvector.apps import microphone
-from mvector.apps.cli import add_backend_argument, add_model_arguments
+from mvector.apps.cli import add_backend_argument, add_device_argument, add_model_arguments, script_parser
 from mvector.errors import AudioError, MVectorError
 
 EXIT_OK = 0
@@ -29,12 +28,11 @@ MENU = ("0: register from the microphone   1: recognise   2: list users   3: rem
         "4: continuous recognition (Ctrl+C stops)   q: quit")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="infer_recognition.py",
-        description="Voiceprint recognition: register speakers and recognise them from the microphone "
-                    "or from audio files. Without an action flag, an interactive menu.",
-        epilog="Exit codes: 0 ok; 1 nobody recognised, or --remove of an unknown user; 2 error.")
+def build_parser():
+    parser = script_parser("Voiceprint recognition: register speakers and recognise them from the microphone "
+                           "or from audio files. Without an action flag, an interactive menu.",
+                           "infer_recognition.py")
+    parser.epilog = "Exit codes: 0 ok; 1 nobody recognised, or --remove of an unknown user; 2 error."
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--register", metavar="NAME", help="register a recording as user NAME")
     actions.add_argument("--recognize", action="store_true", help="say who is speaking in a recording")
@@ -43,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", metavar="FILE",
                         help="use this audio file instead of recording (with --register / --recognize)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                        help=f"length of each microphone recording in seconds (default {DEFAULT_SECONDS:g})")
+                        help="length of each microphone recording in seconds")
     add_model_arguments(parser)
     parser.add_argument("--audio_db_path", default="audio_db/", help="voiceprint library folder")
-    parser.add_argument("--use_gpu", action="store_true", help="run the model on a CUDA GPU")
+    add_device_argument(parser)
     add_backend_argument(parser)
     return parser
 

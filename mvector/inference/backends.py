@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mvector.embedder import build_featurizer
+from mvector.device import choose_device
 from mvector.errors import MVectorError, ModelMismatchError
 from mvector.model_dir import load_embedder, model_fingerprint, read_model_dir
 from mvector.registry import Registry
@@ -31,15 +32,6 @@ ONNX_INSTALL_HINT = "ONNX needs onnx, onnxscript and onnxruntime: pip install 'm
 OPENVINO_INSTALL_HINT = "the OpenVINO backends need openvino: pip install 'mvector[openvino]'"
 
 
-def torch_device(use_gpu: bool) -> torch.device:
-    if not use_gpu:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise MVectorError("use_gpu=True but no CUDA GPU is available (torch.cuda.is_available() is False); "
-                           "run on the CPU with use_gpu=False")
-    return torch.device("cuda")
-
-
 @BACKENDS.register(name="torch")
 class TorchBackend:
     """The model directory's SpeakerEmbedder (features + backbone, eval mode) on the CPU or a GPU.
@@ -51,7 +43,7 @@ class TorchBackend:
 
     def __init__(self, model_dir, use_gpu: bool = False, fuse_batchnorm=None):
         self.model_dir = Path(model_dir)
-        self.device = torch_device(use_gpu)
+        self.device = choose_device(use_gpu)
         self.embedder, self.config, self.state = load_embedder(self.model_dir, self.device)
         if fuse_batchnorm is not False:
             try:

@@ -18,6 +18,7 @@ import numpy as np
 from mvector.audio import DEFAULT_MAX_DURATION, load_audio
 from mvector.inference.backends import BACKENDS
 from mvector.embedder import window_starts
+from mvector.device import wants_gpu
 from mvector.errors import ConfigError, MVectorError
 
 # Shorter audio carries too little of a voice for a usable embedding (and is below what the
@@ -87,8 +88,8 @@ class MVectorPredictor:
     (``mvector.pretrained.PRETRAINED_MODELS``: 'default' or 'small', ...).
     ``threshold``: the same-speaker decision threshold: a cosine, or one of the operating points
     measured on the model's calibration trials and stored in its model.state: 'eer' (the default),
-    'far=0.01' or 'far=0.001' (at most that false-accept rate). ``use_gpu``: run on CUDA (an error when there is none). ``window_seconds`` /
-    ``hop_seconds``: sliding windows for long recordings (None: the model config's
+    'far=0.01' or 'far=0.001' (at most that false-accept rate). ``use_gpu``: run on CUDA (an error
+    when there is none; 'auto': when there is one). ``window_seconds`` / ``hop_seconds``: sliding windows for long recordings (None: the model config's
     ``dataset_conf.embed_window`` / ``embed_hop``, with which its EER threshold was measured);
     ``batch_size``: utterances or windows per forward pass. ``backend``: 'torch', 'onnx' (an
     exported ``model.onnx``, found in ``model_dir`` or given as ``onnx_path``, run by ONNX
@@ -110,6 +111,8 @@ class MVectorPredictor:
             raise ConfigError(f"give model_dir or model, not both (model={model!r}, model_dir={str(model_dir)!r})")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(use_gpu, bool):  # 'auto', 'true' or 'false', the scripts' words
+            use_gpu = wants_gpu(use_gpu)
         self.model_dir = Path(model_dir)
         extra = {} if onnx_path is None else {"onnx_path": onnx_path}
         if fuse_batchnorm is not None:

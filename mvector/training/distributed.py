@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mvector.device import choose_device
 from mvector.errors import ConfigError
 
 # Rank 0 evaluates and saves while the others wait at a barrier; evaluation on a large trial
@@ -54,23 +55,11 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
-def select_device(use_gpu, local_rank: int = 0) -> torch.device:
-    """``use_gpu``: 'auto' (CUDA when present), True/'true' (CUDA required) or False/'false'."""
-    choice = str(use_gpu).lower()
-    if choice not in ("auto", "true", "false"):
-        raise ConfigError(f"use_gpu must be auto, true or false, got {use_gpu!r}")
-    if choice == "true" and not torch.cuda.is_available():
-        raise ConfigError("use_gpu is true but no CUDA device is available (use --use_gpu auto or false)")
-    if choice == "false" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
-
-
 def init_distributed(use_gpu="auto"):
     """``(DistContext, device)``; joins the process group when torchrun started several processes."""
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    device = select_device(use_gpu, local_rank)
+    device = choose_device(use_gpu, local_rank)
     if world_size <= 1:
         return DistContext(), device
     if not dist.is_initialized():
