@@ -1,6 +1,7 @@
 """Train a speaker-embedding model.
 
     python train.py --configs configs/cam++.yml [--override train_conf.max_epoch=5 ...]
+    python train.py --configs configs/tdnn.yml configs/recipes/backbone_table.yml
     python -m torch.distributed.run --nproc_per_node=2 train.py --configs configs/cam++.yml
 
 Checkpoints go to <save_model_path>/<model>_<feature method>/{best_model,last_model,epoch_N};
@@ -15,7 +16,9 @@ from mvector.apps.cli import add_device_argument, log_to_stderr, run_cli, script
 
 def parse_args(argv=None):
     parser = script_parser(__doc__, "train.py")
-    parser.add_argument("--configs", default="configs/cam++.yml", help="YAML training config")
+    parser.add_argument("--configs", nargs="+", default=["configs/cam++.yml"],
+                        help="YAML training config; several are laid over each other in order, e.g. a "
+                             "backbone's config and a recipe")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="set a config key, e.g. train_conf.max_epoch=5 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from <model dir>/last_model")

@@ -259,13 +259,6 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
-def load_config(path, overrides=None) -> dict:
-    """Read, override and validate a YAML config; the result holds every key, defaults filled in."""
-    path = Path(path)
-    data = apply_overrides(_read_yaml(path), overrides)
-    return validate(data, SCHEMA, where=str(path))
-
-
 def layer_config(base: dict, overlay, where: str, schema=SCHEMA, path=()) -> dict:
     """``overlay`` laid over ``base`` (raw config data, before validation), as a new dict.
 
@@ -292,16 +285,39 @@ def layer_config(base: dict, overlay, where: str, schema=SCHEMA, path=()) -> dic
     return merged
 
 
-def load_layered_config(paths, overrides=None) -> dict:
-    """Read several YAML configs, each laid over the ones before it (``layer_config``), then apply
-    the overrides and validate. E.g. a backbone's config (model and front-end) completed by a
-    training recipe shared by several backbones: ``[configs/tdnn.yml, configs/recipes/X.yml]``."""
-    paths = [Path(p) for p in paths]
+def _read_layers(path: Path, reading: tuple = ()) -> dict:
+    """A config file's raw data laid over the files its ``base:`` names (relative to its folder, each
+    itself read this way), so a backbone's file holds only what differs from the shared recipe."""
+    if path.resolve() in reading:
+        chain = " -> ".join(str(p) for p in (*reading, path.resolve()))
+        raise ConfigError(f"{path}: 'base' includes itself ({chain})")
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: 'base' must be a config file name or a list of them, got {bases!r}")
+    merged = {}
+    for base in bases:
+        merged = layer_config(merged, _read_layers(path.parent / base, (*reading, path.resolve())),
+                              where=str(path.parent / base))
+    return layer_config(merged, data, where=str(path))
+
+
+def load_config(paths, overrides=None) -> dict:
+    """Read one YAML config, or several each laid over the ones before it (``layer_config``: e.g. a
+    backbone's file completed by a training recipe), apply the overrides and validate; the result
+    holds every key, defaults filled in."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
-        raise ConfigError("load_layered_config: no config file given")
+        raise ConfigError("no config file given")
     data = {}
     for path in paths:
-        data = layer_config(data, _read_yaml(path), where=str(path))
+        data = layer_config(data, _read_layers(path), where=str(path))
     data = apply_overrides(data, overrides)
     return validate(data, SCHEMA, where=" + ".join(str(p) for p in paths))
 

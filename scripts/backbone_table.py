@@ -5,7 +5,7 @@
         [--data_root ../shared/data] [--use_gpu] [--train_only] [--override KEY=VALUE ...]
 
 Run from the repository root. For each backbone, its config (``configs/<backbone>.yml``: model and
-front-end) with the recipe laid over it (``mvector.config.load_layered_config``; ``--override``
+front-end) with the recipe laid over it (``mvector.config.load_config``; ``--override``
 applies to every backbone alike) is trained by ``MVectorTrainer`` for exactly ``--steps`` steps into
 ``OUT/<backbone>/``; its embedding backbone is kept in fp16 as ``OUT/<backbone>/final`` and the
 training facts in ``OUT/<backbone>.train.json``. The final model is then scored on the trial list
@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from mvector import __version__  # noqa: E402
 from mvector.audio import load_audio  # noqa: E402
 from mvector.device import choose_device  # noqa: E402
-from mvector.config import apply_overrides, config_from_dict, load_layered_config  # noqa: E402
+from mvector.config import apply_overrides, config_from_dict, load_config  # noqa: E402
 from mvector.training.data import SpeakerCropDataset, build_train_loader  # noqa: E402
 from mvector.training.corpus import create_data_lists  # noqa: E402
 from mvector.errors import ConfigError, MVectorError  # noqa: E402
@@ -115,7 +115,7 @@ def parse_args(argv=None):
 def backbone_config(name: str, configs_dir, recipe, overrides) -> dict:
     """The backbone's config with the recipe laid over it, then the overrides; validated."""
     path = Path(configs_dir) / BACKBONE_CONFIGS[name]
-    config = load_layered_config([path, recipe], overrides)
+    config = load_config([path, recipe], overrides)
     if config["model_conf"]["model"] != name:
         raise ConfigError(f"{path} + {recipe}: model_conf.model is {config['model_conf']['model']!r}, "
                           f"expected {name!r} (the recipe must not set model_conf)")

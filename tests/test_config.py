@@ -8,7 +8,7 @@ from mvector.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yml"))
-MODEL_CONFIGS = [p for p in CONFIGS if p.name != "augmentation.yml"]
+MODEL_CONFIGS = [p for p in CONFIGS if p.name not in ("augmentation.yml", "base.yml")]
 RECIPES = sorted(p for p in (ROOT / "configs" / "recipes").glob("*.yml") if not p.name.startswith("augmentation"))
 
 
