@@ -38,21 +38,19 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mvector.inference.backends import import_onnxruntime
+from mvector.config import load_config
+from mvector.embedder import build_embedder
+from mvector.errors import MVectorError
+from mvector.inference.export import export_model
+from mvector.model_dir import save_model_dir
+from mvector.inference.predictor import MVectorPredictor
+from mvector.registry import Registry
+from peer import backbone_configs, figure, run_peer_command
+from synthetic_voice import voice_like
+
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mvector.inference.backends import import_onnxruntime  # noqa: E402
-from mvector.config import load_config  # noqa: E402
-from mvector.embedder import build_embedder  # noqa: E402
-from mvector.errors import MVectorError  # noqa: E402
-from mvector.inference.export import export_model  # noqa: E402
-from mvector.model_dir import save_model_dir  # noqa: E402
-from mvector.inference.predictor import MVectorPredictor  # noqa: E402
-from mvector.registry import Registry  # noqa: E402
-from peer import backbone_configs, figure, run_peer_command  # noqa: E402
-from synthetic_voice import voice_like  # noqa: E402
-
 SAMPLE_RATE = 16000
 # name -> (utterances in one call, seconds each)
 SHAPES = {"b1x3s": (1, 3.0), "b16x3s": (16, 3.0), "b1x10s": (1, 10.0)}

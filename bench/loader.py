@@ -20,15 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+from mvector.training.augment import build_wave_augmentation
+from mvector.config import load_config
+from mvector.training.data import SpeakerCropDataset, build_train_loader
+from peer import figure
+
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mvector.training.augment import build_wave_augmentation  # noqa: E402
-from mvector.config import load_config  # noqa: E402
-from mvector.training.data import SpeakerCropDataset, build_train_loader  # noqa: E402
-from peer import figure  # noqa: E402
-
 WARMUP_BATCHES = 2
 
 

@@ -36,8 +36,6 @@ def prepare(folder: Path, config: Path, minutes: float, backend: str) -> None:
     import soundfile as sf
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from mvector.config import load_config
     from mvector.embedder import build_embedder
     from mvector.model_dir import save_model_dir
@@ -69,8 +67,6 @@ def measure(folder: Path, threads: int, backend: str, varied: int) -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from mvector.inference.predictor import MVectorPredictor
 
     torch.set_num_threads(threads)

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvector.metrics import cosine_score_matrix, verification_metrics  # noqa: E402
+from mvector.metrics import cosine_score_matrix, verification_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import run_peer_command  # noqa: E402
+from peer import run_peer_command
 
 NUM_ENROLL = 2000
 NUM_TEST = 2000

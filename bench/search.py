@@ -14,16 +14,14 @@ import argparse
 import shutil
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvector.library.store import DB_FILE, VoiceprintDB  # noqa: E402
+from mvector.library.store import DB_FILE, VoiceprintDB
 
 BULK_ROWS = 50_000
 

@@ -34,20 +34,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from mvector.training.augment import SpecAugment, build_wave_augmentation
+from mvector.config import load_config
+from mvector.embedder import build_featurizer
+from mvector.losses import build_loss
+from mvector.models import build_backbone
+from mvector.models.classifier import build_classifier
+from mvector.training.trainer import TrainGraph
+from peer import backbone_configs, figure, run_peer_command
+from synthetic_voice import voice_like
+
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mvector.training.augment import SpecAugment, build_wave_augmentation  # noqa: E402
-from mvector.config import load_config  # noqa: E402
-from mvector.embedder import build_featurizer  # noqa: E402
-from mvector.losses import build_loss  # noqa: E402
-from mvector.models import build_backbone  # noqa: E402
-from mvector.models.classifier import build_classifier  # noqa: E402
-from mvector.training.trainer import TrainGraph  # noqa: E402
-from peer import backbone_configs, figure, run_peer_command  # noqa: E402
-from synthetic_voice import voice_like  # noqa: E402
-
 SAMPLE_RATE = 16000
 CROP_SECONDS = 3.0
 POOL_SIZE = 256  # distinct utterances that batches are drawn from

@@ -1,8 +1,6 @@
 """Audio front-end: turn a file, bytes, a file object, an array or a tensor into float32 mono
 samples at the model's rate, or raise AudioError naming the input and what is wrong with it."""
 
-from __future__ import annotations
-
 import errno
 import io
 import math

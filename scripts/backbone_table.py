@@ -33,26 +33,25 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from mvector import __version__  # noqa: E402
-from mvector.audio import load_audio  # noqa: E402
-from mvector.device import choose_device  # noqa: E402
-from mvector.config import apply_overrides, config_from_dict, load_config  # noqa: E402
-from mvector.training.data import SpeakerCropDataset, build_train_loader  # noqa: E402
-from mvector.training.corpus import create_data_lists  # noqa: E402
-from mvector.errors import ConfigError, MVectorError  # noqa: E402
-from mvector.evaluation import evaluate_trials  # noqa: E402
-from mvector.lists import read_trials  # noqa: E402
-from mvector.model_dir import (TRAINING_FILE, backbone_weights, load_embedder, read_model_dir,  # noqa: E402
+from mvector import __version__
+from mvector.audio import load_audio
+from mvector.device import choose_device
+from mvector.config import apply_overrides, config_from_dict, load_config
+from mvector.training.data import SpeakerCropDataset, build_train_loader
+from mvector.training.corpus import create_data_lists
+from mvector.errors import ConfigError, MVectorError
+from mvector.evaluation import evaluate_trials
+from mvector.lists import read_trials
+from mvector.model_dir import (TRAINING_FILE, backbone_weights, load_embedder, read_model_dir,
                                save_model_dir)
-from mvector.inference.predictor import MVectorPredictor  # noqa: E402
-from mvector.training.trainer import MVectorTrainer  # noqa: E402
+from mvector.inference.predictor import MVectorPredictor
+from mvector.training.trainer import MVectorTrainer
 
+
+ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("backbone_table")
 
 # The six backbones in table order, each with its config in configs/.

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mvector.inference.threshold import predictor_embeddings
+from mvector.lists import read_trials
+from mvector.metrics import pair_scores, verification_metrics
+from mvector.inference.predictor import MVectorPredictor
+
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mvector.inference.threshold import predictor_embeddings  # noqa: E402
-from mvector.lists import read_trials  # noqa: E402
-from mvector.metrics import pair_scores, verification_metrics  # noqa: E402
-from mvector.inference.predictor import MVectorPredictor  # noqa: E402
-
 
 def corpus_of(path: str, root: Path) -> str:
     return Path(path).resolve().relative_to(root).parts[0]

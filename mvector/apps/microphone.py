@@ -3,7 +3,6 @@ server, no libpulse, no microphone) turned into one MicrophoneError that says wh
 
 soundcard is imported lazily: importing it connects to the audio server at once, raising a bare
 AssertionError when no PulseAudio server runs and OSError when libpulse is not installed."""
-from __future__ import annotations
 
 import shutil
 import subprocess

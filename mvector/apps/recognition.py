@@ -10,7 +10,6 @@ below the threshold or an empty library) or ``--remove`` of a user who is not re
 2 an error (bad arguments, unusable audio or model, no audio server or microphone), reported in
 one line on stderr.
 """
-from __future__ import annotations
 
 import sys
 

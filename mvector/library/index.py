@@ -6,7 +6,6 @@ a half-precision faiss copy (half the bytes to read) proposes ``CANDIDATES`` row
 rescored in float32, so the returned scores are exact and the top-1 equals the exhaustive one
 unless fp16 rounding (~1e-3) pushes the true best below 32 others.
 """
-from __future__ import annotations
 
 import numpy as np
 

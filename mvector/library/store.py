@@ -20,7 +20,6 @@ audio only serves re-embedding when the model changes.
 A user's voiceprint is the renormalised mean of their L2-normalised enrolment embeddings; searches
 score a query against an in-memory float32 matrix of all voiceprints with one matrix product.
 """
-from __future__ import annotations
 
 import contextlib
 import errno

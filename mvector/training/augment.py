@@ -8,7 +8,6 @@ files the augmentation makes its own: coloured noise shaped in the frequency dom
 from other utterances of the batch, and a bank of room impulse responses simulated once with
 pyroomacoustics and cached on disk.
 """
-from __future__ import annotations
 
 import logging
 import os

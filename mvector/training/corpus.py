@@ -11,7 +11,6 @@ Each corpus layout is a class in ``LAYOUTS`` that says whether a folder looks li
 and lists its utterances (``collect``). Every file is probed with ``audio_duration`` (header only,
 in threads); unreadable files are skipped and reported, and trials that name them are dropped.
 """
-from __future__ import annotations
 
 import json
 import os

@@ -9,7 +9,6 @@ The sampler runs in the main process and hands workers complete sample keys
 ``(utterance, visit, epoch)``: persistent workers hold stale copies of the dataset, so nothing a
 worker computes may depend on ``set_epoch`` or ``set_excluded`` having reached it.
 """
-from __future__ import annotations
 
 import logging
 import math

@@ -5,7 +5,6 @@ needed, 403 for changes on a server that has no key, 413 for an upload over the 
 for unusable audio, audio over the duration limit or an invalid user name, 404 for an unknown user,
 and a generic 500 (details in the server log, never in the answer) for anything unexpected.
 """
-from __future__ import annotations
 
 import asyncio
 import contextlib

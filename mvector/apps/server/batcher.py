@@ -4,7 +4,6 @@ model as one batch, which costs little more than one of them alone.
 One collector task runs at a time, so the model is only ever called from one thread; while it
 computes a batch, new requests queue up and form the next one.
 """
-from __future__ import annotations
 
 import asyncio
 

@@ -8,7 +8,6 @@ header, the second a foreign ``Origin``. So the server answers only Host names o
 Origin other than its own, before any audio is decoded. Clients that are not browsers send no
 Origin and are unaffected.
 """
-from __future__ import annotations
 
 from urllib.parse import urlsplit
 

@@ -4,7 +4,6 @@ A declared Content-Length over the limit is refused before any of the body is re
 without one (chunked) is counted as it streams, and refused as soon as it passes the limit, so
 an upload never has to be held whole to be found too big.
 """
-from __future__ import annotations
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse

@@ -3,7 +3,6 @@
 Changes (register, remove) always need the key. Reads need it too when the server listens beyond
 loopback, because recognition answers tell a caller who is enrolled.
 """
-from __future__ import annotations
 
 import hmac
 import ipaddress

@@ -3,7 +3,6 @@
 The checks that need neither FastAPI nor torch (the key, the bind address, the limits) come first,
 so a wrong command line fails in a moment with one line on stderr and exit status 2.
 """
-from __future__ import annotations
 
 import sys
 
