@@ -27,10 +27,26 @@ class SpeakerEmbedder(nn.Module):
         backbones (``cpu_batch_frames``: the 2-D ResNets) run slower per utterance on the CPU once a
         pass's feature maps outgrow the caches, and their memory grows to gigabytes, so their batches
         are split there; on a GPU a batch is one pass."""
-        budget = getattr(self.backbone, "cpu_batch_frames", None)
+        budget = self.backbone.cpu_batch_frames
         if budget is None or torch.device(device).type != "cpu":
             return 1 << 30
         return max(1, budget // max(1, self.featurizer.num_frames(num_samples)))
+
+    def min_samples(self) -> int:
+        """The fewest samples embedded on their own: those that give the backbone its ``min_frames``.
+
+        In a padded batch a model may return a (meaningless) embedding for an utterance shorter than
+        its receptive field, so evaluation refuses such utterances up front and export sizes its
+        graph's smallest input by this.
+        """
+        frames = max(1, self.backbone.min_frames)
+        low, high = 1, self.sample_rate
+        while self.featurizer.num_frames(high) < frames:
+            high *= 2
+        while low < high:  # frame counts grow with the sample count: bisect for the first that suffices
+            middle = (low + high) // 2
+            low, high = (middle + 1, high) if self.featurizer.num_frames(middle) < frames else (low, middle)
+        return low
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor = None) -> torch.Tensor:
         """``waveforms[B, N]`` in [-1, 1] and sample ``lengths[B]`` -> raw embeddings ``[B, E]``."""

@@ -73,25 +73,6 @@ class _AudioBatches(Dataset):
         return loaded, padded, lengths, torch.tensor(owners, dtype=torch.long), failed
 
 
-def _min_samples(embedder) -> int:
-    """The fewest samples the embedder turns into an embedding on their own.
-
-    In a padded batch a model may return a (meaningless) embedding for an utterance shorter than its
-    receptive field, so such utterances are refused up front, as they would be one by one.
-    """
-    featurizer = getattr(embedder, "featurizer", None)
-    if featurizer is None or not hasattr(featurizer, "num_frames"):
-        return 1
-    frames = max(1, getattr(getattr(embedder, "backbone", None), "min_frames", 1))
-    low, high = 1, embedder.sample_rate
-    while featurizer.num_frames(high) < frames:
-        high *= 2
-    while low < high:  # frame counts grow with the sample count: bisect for the first that suffices
-        middle = (low + high) // 2
-        low, high = (middle + 1, high) if featurizer.num_frames(middle) < frames else (low, middle)
-    return low
-
-
 def _durations(paths, known: dict, failures: list):
     """Duration of each path (from ``known`` or the file header); unreadable files go to ``failures``."""
     durations = {}
@@ -167,7 +148,7 @@ def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device
     sample_rate = embedder.sample_rate
     if not 0 < hop <= window:
         raise MVectorError(f"embedding windows: hop must be in (0, window={window}] seconds, got {hop!r}")
-    dataset = _AudioBatches(batches, sample_rate, _min_samples(embedder), int(round(max_duration * sample_rate)),
+    dataset = _AudioBatches(batches, sample_rate, embedder.min_samples(), int(round(max_duration * sample_rate)),
                             normalize_db, vad, int(round(window * sample_rate)), int(round(hop * sample_rate)))
     workers = min(num_workers, len(batches))
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,

@@ -47,16 +47,12 @@ def make_model_dir(path, state=None, seed=0):
 
 
 def dev_by_speaker():
-    """``{speaker: [Path, ...]}`` of the dev set, in list order, or skip when it is absent."""
-    listing = DATA / "dev" / "list.tsv"
-    if not listing.is_file():
-        import pytest
-        pytest.skip(f"real speech not found at {DATA / 'dev'}")
+    """``{speaker: [Path, ...]}`` of the dev set, in list order (for tests marked ``data``)."""
+    from mvector.lists import read_speaker_list
+
     by_speaker = {}
-    for line in listing.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            path, speaker = line.split("\t")
-            by_speaker.setdefault(speaker.strip(), []).append(DATA / "dev" / path)
+    for path, speaker in read_speaker_list(DATA / "dev" / "list.tsv"):
+        by_speaker.setdefault(speaker, []).append(Path(path))
     return by_speaker
 
 

@@ -27,6 +27,8 @@ from mvector.errors import AudioError as ErrorsAudioError
 from predict_helpers import live_webm
 from mvector.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -63,14 +65,9 @@ def encode_with_av(path, wav, sample_rate, container_format, codec):
 
 
 def first_listed(subset, suffix):
-    listing = DATA / subset / "list.tsv"
-    if not listing.is_file():
-        pytest.skip(f"real data not found: {listing} is absent (expected ../shared/data next to the checkout)")
-    for line in listing.read_text().splitlines():
-        relative = line.split("\t")[0]
-        if relative.endswith(suffix):
-            return DATA / subset / relative
-    pytest.skip(f"no {suffix} file listed in {listing}")
+    from mvector.lists import read_speaker_list
+
+    return next(path for path, _ in read_speaker_list(DATA / subset / "list.tsv") if path.endswith(suffix))
 
 
 def raises_naming(name, *fragments):
@@ -197,6 +194,7 @@ def test_resample_length_is_ceil_like_librosa(length, orig_sr):
     assert len(resample(wav, orig_sr, 16000)) == math.ceil(length * 16000 / orig_sr)
 
 
+@pytest.mark.data
 def test_real_opus_from_train():
     path = first_listed("train", ".opus")
     wav = load_audio(path)
@@ -207,6 +205,7 @@ def test_real_opus_from_train():
     assert audio_duration(path) == pytest.approx(info.duration)
 
 
+@pytest.mark.data
 def test_real_opus_through_av_fallback(monkeypatch):
     """The FFmpeg path must decode what an older libsndfile (no Opus) cannot open."""
     path = first_listed("train", ".opus")
@@ -224,6 +223,7 @@ def test_real_opus_through_av_fallback(monkeypatch):
     assert audio_duration(path) == pytest.approx(len(by_soundfile) / 16000, abs=0.05)
 
 
+@pytest.mark.data
 def test_real_flac_from_dev():
     path = first_listed("dev", ".flac")
     reference, sample_rate = sf.read(str(path), dtype="float32")

@@ -15,6 +15,8 @@ from mvector.training.augment import (SpecAugment, SpeedPerturb, WaveAugment, bu
                              validate_augmentation_config)
 from mvector.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 SR = 16000
 ALL_OFF = {"speed": {"prob": 0}, "volume": {"prob": 0}, "noise": {"prob": 0}, "reverb": {"prob": 0},
            "spec_aug": {"prob": 0}}
@@ -87,6 +89,7 @@ def augment(conf, waveforms, lengths, seed=0, **kwargs):
     return WaveAugment(conf, SR, **kwargs).train()(waveforms, lengths)
 
 
+@pytest.mark.slow
 def test_build_splits_loader_and_device_parts(tmp_path):
     speed, wave = build_wave_augmentation("configs/augmentation.yml", SR, rir_cache_dir=tmp_path / "rirs")
     assert isinstance(speed, SpeedPerturb) and isinstance(wave, WaveAugment)
@@ -258,7 +261,7 @@ def test_wave_augment_draws_from_the_torch_rng_and_is_off_in_eval():
     assert torch.equal(WaveAugment(conf, SR).eval()(waveforms, lengths), waveforms)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.gpu
 def test_wave_augment_runs_on_cuda(tmp_path):
     waveforms, lengths = batch_of(*[speech(seed=s) for s in range(4)])
     module = WaveAugment(load_augmentation_config("configs/augmentation.yml"), SR, rir_cache_dir=tmp_path).train()

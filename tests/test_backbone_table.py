@@ -20,6 +20,8 @@ from mvector.models import build_backbone
 
 from training_helpers import smoke_rows
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 
@@ -50,6 +52,7 @@ SMALL_MODEL_ARGS = {"tdnn.yml": {"channels": 64},
 
 def write_small_configs(folder: Path) -> Path:
     folder.mkdir()
+    (folder / "base.yml").write_bytes((REPO / "configs" / "base.yml").read_bytes())  # the recipe they name
     for name, model_args in SMALL_MODEL_ARGS.items():
         data = yaml.safe_load((REPO / "configs" / name).read_text(encoding="utf-8"))
         data["model_conf"]["model_args"].update(model_args)
@@ -78,6 +81,8 @@ def table_run(tmp_path_factory):
     return script, argv, tmp / "out", lists, configs
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_each_backbone_gets_sane_figures(table_run):
     _, _, out, lists, configs = table_run
     num_trials = sum(1 for line in (lists / "trials.tsv").read_text().splitlines() if line)
@@ -103,6 +108,7 @@ def test_each_backbone_gets_sane_figures(table_run):
     assert a == b
 
 
+@pytest.mark.data
 def test_table_lists_the_rows_in_order(table_run):
     _, _, out, _, _ = table_run
     lines = (out / "table.md").read_text().splitlines()
@@ -116,6 +122,7 @@ def test_table_lists_the_rows_in_order(table_run):
         assert float(row[1]) == pytest.approx(result["params"] / 1e6, abs=0.006)
 
 
+@pytest.mark.data
 def test_a_second_run_skips_what_is_done(table_run, monkeypatch):
     script, argv, out, _, _ = table_run
     before = {n: (out / f"{n}.json").read_text() for n in ("TDNN", "Res2Net")}
@@ -130,6 +137,7 @@ def test_a_second_run_skips_what_is_done(table_run, monkeypatch):
     assert {n: (out / f"{n}.json").read_text() for n in before} == before
 
 
+@pytest.mark.data
 def test_another_budget_in_the_same_folder_is_refused(table_run, capsys):
     script, argv, out, _, _ = table_run
     argv = list(argv)
@@ -139,6 +147,7 @@ def test_another_budget_in_the_same_folder_is_refused(table_run, capsys):
     assert "another recipe or budget" in error and "train_conf.max_steps" in error
 
 
+@pytest.mark.data
 def test_an_interrupted_training_continues_at_its_step(table_run, monkeypatch):
     """A last_model without a result JSON is resumed, not restarted: only the missing steps run."""
     script, argv, out, _, _ = table_run
@@ -160,6 +169,7 @@ def test_an_interrupted_training_continues_at_its_step(table_run, monkeypatch):
     assert seen["resume"] is True and result["resumed_from_step"] == STEPS and result["seconds_per_step"] is None
 
 
+@pytest.mark.data
 def test_a_missing_trial_list_is_an_error(tmp_path, capsys):
     script = load_script()
     corpus = write_corpus(tmp_path / "corpus")
@@ -177,6 +187,8 @@ def test_a_recipe_setting_the_model_is_refused(tmp_path):
         script.backbone_config("Res2Net", REPO / "configs", recipe, [])
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_trained_on_a_device_and_scored_here(table_run, tmp_path, monkeypatch):
     """device_table.sh trains (on the CPU here) and returns one tar per backbone; unpacked into an
     empty folder, the scoring run trains nothing and gives the row."""

@@ -4,6 +4,8 @@ import torch
 from mvector.errors import ConfigError
 from mvector.models import BACKBONES, build_backbone
 
+pytestmark = pytest.mark.unit
+
 # Backbone-only parameter counts of the reference toolkit (80-dim input, 192-d embedding).
 REFERENCE_PARAMS = {"CAMPPlus": 6.85e6, "EcapaTdnn": 6.19e6, "ERes2Net": 6.61e6,
                     "ResNetSE": 9.12e6, "Res2Net": 5.61e6, "TDNN": 2.77e6}
@@ -16,6 +18,7 @@ def test_parameter_count_is_within_ten_percent_of_the_reference(name):
     assert abs(params - REFERENCE_PARAMS[name]) / REFERENCE_PARAMS[name] < 0.10, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
 def test_padding_does_not_change_the_embedding(name):
     torch.manual_seed(0)
@@ -35,6 +38,7 @@ def test_padding_does_not_change_the_embedding(name):
     assert cos(alone_long, together[1:]).item() > 0.9999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
 def test_training_step_produces_finite_gradients(name):
     model = build_backbone(name, input_size=80, embd_dim=64)

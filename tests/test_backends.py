@@ -13,6 +13,8 @@ from mvector.embedder import build_embedder
 from mvector.model_dir import save_model_dir
 from predict_helpers import ROOT, coloured_noise, make_model_dir
 
+pytestmark = pytest.mark.integration
+
 RESNET_SMALL = ["model_conf.model_args.embd_dim=32", "preprocess_conf.method_args.num_mel_bins=40"]
 
 
@@ -89,6 +91,7 @@ def _batchnorms(predictor):
     return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in predictor._backend.embedder.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fuse_batchnorm", [None, True])
 def test_predictor_folds_batchnorm_at_load_by_default_with_the_same_embeddings(tmp_path, fuse_batchnorm):
     from mvector.inference.predictor import MVectorPredictor

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from mvector.errors import ConfigError
 from mvector.models.classifier import CLASSIFIERS, CosineClassifier, LinearClassifier, build_classifier
 
+pytestmark = pytest.mark.unit
+
 
 def test_registry_names_and_output_types():
     assert set(CLASSIFIERS) == {"Cosine", "Linear"}

@@ -15,6 +15,8 @@ import pytest
 from mvector.inference.predictor import MVectorPredictor
 from predict_helpers import ROOT, bad_audio_files, dev_files, make_model_dir, write_wav
 
+pytestmark = pytest.mark.integration
+
 # One torch thread per process: several run at once, and oversubscribed threads crawl.
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 SIMILARITY_LINE = re.compile(r"^similarity: (-?\d\.\d{4})  threshold: (-?\d\.\d{4})  same speaker: (yes|no)$")
@@ -73,6 +75,8 @@ def _one_error_line(stderr):
     return lines[0]
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_contrast_prints_similarity_threshold_and_decision(setup):
     code, out, err = setup["results"]["ok"]
     assert code == 0, err
@@ -85,6 +89,7 @@ def test_contrast_prints_similarity_threshold_and_decision(setup):
     assert match[3] == ("yes" if expected >= 0.37 else "no")
 
 
+@pytest.mark.data
 def test_threshold_option_decides(setup):
     code, out, _ = setup["results"]["same_file"]
     assert code == 0 and SIMILARITY_LINE.match(out.strip())[3] == "yes"
@@ -101,6 +106,7 @@ def test_threshold_option_decides(setup):
     assert code == 2 and "no packaged model named 'huge'; packaged: default" in _one_error_line(err)
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("kind", ["missing", "empty", "corrupt", "silent", "too_short", "nan"])
 def test_bad_file_is_one_line_naming_the_file_and_the_problem(setup, kind):
     code, out, err = setup["results"][kind]
@@ -110,6 +116,7 @@ def test_bad_file_is_one_line_naming_the_file_and_the_problem(setup, kind):
     assert path in line and problem in line
 
 
+@pytest.mark.data
 def test_backend_errors_are_one_line_naming_the_choices_or_the_missing_file(setup):
     code, _, err = setup["results"]["unknown_backend"]
     line = _one_error_line(err)
@@ -119,6 +126,8 @@ def test_backend_errors_are_one_line_naming_the_choices_or_the_missing_file(setu
     assert code == 2 and str(setup["model"] / "model.onnx") in line and "export_model.py" in line
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_contrast_through_an_exported_graph_gives_the_torch_score(setup, tmp_path, capsys):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")
@@ -142,6 +151,7 @@ def test_no_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
     assert "no pretrained default model is shipped (NoSuchModel is missing" in _one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.data
 def test_extract_embeddings_skips_and_reports_bad_files(setup):
     code, out, err = setup["results"]["extract"]
     assert code == 0, err
@@ -159,6 +169,7 @@ def test_extract_embeddings_skips_and_reports_bad_files(setup):
     assert np.sum(saved["embeddings"] * expected, axis=1).min() > 0.9999
 
 
+@pytest.mark.data
 def test_extract_with_no_usable_file_fails_with_one_line(setup):
     code, _, err = setup["results"]["extract_all_bad"]
     assert "Traceback" not in err
@@ -169,6 +180,7 @@ def test_extract_with_no_usable_file_fails_with_one_line(setup):
     assert not (setup["folder"] / "none.npz").exists()
 
 
+@pytest.mark.data
 def test_python_m_mvector_quick_check(setup):
     code, out, err = setup["results"]["quick_check"]
     assert code == 0, err

@@ -6,6 +6,8 @@ import yaml
 from mvector.config import SCHEMA, load_config, parse_override
 from mvector.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yml"))
 MODEL_CONFIGS = [p for p in CONFIGS if p.name not in ("augmentation.yml", "base.yml")]

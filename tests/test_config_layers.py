@@ -7,6 +7,8 @@ import yaml
 from mvector.config import SCHEMA, layer_config, load_config
 from mvector.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 TDNN = ROOT / "configs" / "tdnn.yml"
 TABLE_RECIPE = ROOT / "configs" / "recipes" / "backbone_table.yml"

@@ -14,6 +14,8 @@ from mvector.lists import read_speaker_list
 from mvector.training.corpus import NONTARGET_PER_TARGET, Utterance, create_data_lists, generate_trials
 from mvector.errors import ConfigError, MVectorError
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SR = 16000
@@ -55,9 +57,9 @@ def check_list(path: Path, expected_speakers=None):
     return rows
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_shared_corpus(tmp_path):
-    if not (SHARED / "train" / "list.tsv").is_file():
-        pytest.skip(f"shared corpus not found at {SHARED}")
     report = create_data_lists(SHARED, tmp_path, layout="auto")
     assert report.layout == "shared" and report.skipped == []
     train = check_list(tmp_path / "train_list.txt", expected_speakers=1038)

@@ -12,6 +12,8 @@ from mvector.lists import read_data_list
 from mvector.training.data import CropSampler, SpeakerCropDataset, build_train_loader, collate_waveforms
 from mvector.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 SR = 16000
 # (seconds, label): one long recording, ordinary clips, and one too short to train on.
 UTTERANCES = [(12.0, 0), (1.5, 0), (2.0, 1), (3.5, 1), (0.3, 2), (1.0, 2)]

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mvector.config import load_config
@@ -11,9 +12,12 @@ from mvector.model_dir import read_model_dir
 from mvector.training.trainer import TRACE_ENV
 from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_lists
 
+pytestmark = pytest.mark.integration
+
 WORLD = 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     train_list, trials = write_lists(tmp_path, per_speaker=15, num_trials=20)
     overrides = tiny_overrides(train_list, trials, max_epoch=1)

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mvector.model_dir import load_embedder, read_model_dir
 from training_helpers import REPO, SMOKE, smoke_rows, write_augmentation
+
+pytestmark = pytest.mark.integration
 
 TINY = ["--use_gpu", "false", "--override", "train_conf.use_compile=true", "--override", "train_conf.max_epoch=1000",
         "--override", "dataset_conf.num_workers=0", "--override", "dataset_conf.batch_size=16",
@@ -17,6 +20,8 @@ TINY = ["--use_gpu", "false", "--override", "train_conf.use_compile=true", "--ov
         "--override", "model_conf.model_args.channels=16", "--override", "model_conf.model_args.embd_dim=16"]
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_after_a_failed_compile_and_at_its_time_limit_it_returns_the_last_epochs_in_fp16(tmp_path):
     smoke_rows()  # skips where ../shared/data is absent
     data, out = tmp_path / "data", tmp_path / "out"

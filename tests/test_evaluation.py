@@ -18,6 +18,8 @@ from mvector.lists import read_labelled_list, read_trials
 from mvector.metrics import as_norm, cosine_score_matrix, pair_scores, verification_metrics
 from mvector.model_dir import save_model_dir
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 FINAL_LINE = re.compile(r"^EER: [0-9.]+ MinDCF: [0-9.]+ MinDCF@0\.05: [0-9.]+ threshold: (?P<threshold>-?[0-9.]+)$")
@@ -228,9 +230,9 @@ def load_eval_script():
     return module
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_eval_script_end_to_end_on_dev_trials(model_dir, tmp_path):
-    if not (DEV / "trials.tsv").is_file():
-        pytest.skip(f"shared dev data not found at {DEV}")
     rows = [line.split("\t") for line in (DEV / "trials.tsv").read_text(encoding="utf-8").splitlines()]
     picked = [r for r in rows if r[2] == "1"][:3] + [r for r in rows if r[2] == "0"][:6]
     trials = write_trials(tmp_path / "trials.tsv", [(DEV / a, DEV / b, label) for a, b, label in picked])
@@ -243,9 +245,8 @@ def test_eval_script_end_to_end_on_dev_trials(model_dir, tmp_path):
     assert FINAL_LINE.match(lines[-1]), lines[-1]
 
 
+@pytest.mark.data
 def test_eval_script_windows_embed_alike_on_both_paths(tmp_path, capsys):
-    if not (DEV / "trials.tsv").is_file():
-        pytest.skip(f"shared dev data not found at {DEV}")
     from predict_helpers import make_model_dir
 
     model_dir = make_model_dir(tmp_path / "model")  # BatchNorm fitted to noise: embeddings that differ
@@ -296,9 +297,8 @@ def test_eval_script_without_model_dir_needs_a_shipped_model(tmp_path, capsys, m
     assert len(err) == 1 and err[0].startswith("error: no --model_dir given and no pretrained default model is shipped"), err
 
 
+@pytest.mark.data
 def test_save_threshold_stores_what_the_predictor_path_measures(model_dir, tmp_path, capsys):
-    if not (DEV / "trials.tsv").is_file():
-        pytest.skip(f"shared dev data not found at {DEV}")
     import json
     import shutil
 

@@ -19,6 +19,8 @@ from mvector.model_dir import load_embedder, save_model_dir
 from mvector.inference.predictor import MIN_DURATION, MVectorPredictor
 from predict_helpers import ROOT, coloured_noise, dev_files, make_model_dir
 
+pytestmark = pytest.mark.integration
+
 COS = 0.9999
 
 
@@ -63,6 +65,8 @@ def assert_same_embeddings(got, expected):
     assert cosines.min() > COS, cosines
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_onnx_runtime_matches_pytorch_on_real_speech(onnx_dir, speech):
     waves, expected = speech
     predictor = MVectorPredictor(onnx_dir, backend="onnx", batch_size=2)  # padded batches of unequal lengths
@@ -90,6 +94,7 @@ def test_exported_directory_is_a_complete_model_directory(onnx_dir, model_dir):
         assert (onnx_dir / name).read_bytes() == (model_dir / name).read_bytes()
 
 
+@pytest.mark.data
 def test_onnx_path_can_be_given_and_a_missing_or_broken_file_is_named(onnx_dir, model_dir, speech, tmp_path):
     waves, expected = speech
     predictor = MVectorPredictor(model_dir, backend="onnx", onnx_path=onnx_dir / ONNX_FILE)
@@ -104,6 +109,7 @@ def test_onnx_path_can_be_given_and_a_missing_or_broken_file_is_named(onnx_dir, 
         MVectorPredictor(model_dir, onnx_path=onnx_dir / ONNX_FILE)  # the torch backend takes no ONNX file
 
 
+@pytest.mark.data
 def test_openvino_matches_pytorch_on_real_speech(onnx_dir, speech):
     pytest.importorskip("openvino")
     waves, expected = speech
@@ -116,6 +122,7 @@ def test_openvino_matches_pytorch_on_real_speech(onnx_dir, speech):
     assert predictor._backend._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
 
 
+@pytest.mark.data
 def test_openvino_serves_several_threads_with_the_same_embeddings(onnx_dir, speech):
     pytest.importorskip("openvino")
     waves, expected = speech
@@ -166,6 +173,7 @@ def test_a_graph_that_records_no_source_model_is_refused(onnx_dir, tmp_path):
         MVectorPredictor(onnx_dir, backend="onnx", onnx_path=unmarked)
 
 
+@pytest.mark.data
 def test_torch_export_program_matches_pytorch(onnx_dir, speech):
     waves, expected = speech
     program = torch.export.load(str(onnx_dir / PT2_FILE)).module()
@@ -173,6 +181,7 @@ def test_torch_export_program_matches_pytorch(onnx_dir, speech):
         assert_same_embeddings(program(*padded(waves)), expected)
 
 
+@pytest.mark.data
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:DeprecationWarning")
 def test_torchscript_matches_pytorch_on_real_speech(model_dir, speech, tmp_path):
     waves, expected = speech
@@ -206,6 +215,7 @@ TINY_BACKBONES = {
 ONNX_CHECK_SECONDS = [(MIN_DURATION,), (7.37,), (0.55, 4.03, MIN_DURATION, 1.01)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name", sorted(TINY_BACKBONES))
 def test_every_backbone_exports_to_onnx_matching_pytorch_at_unseen_lengths(config_name, tmp_path):
     ort = pytest.importorskip("onnxruntime")

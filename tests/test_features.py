@@ -20,6 +20,8 @@ from mvector.features import (
     Spectrogram,
 )
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ["Fbank", "MFCC", "MelSpectrogram", "Spectrogram"]
 # librosa STFT settings equal to our defaults for the STFT features.
@@ -40,11 +42,9 @@ def synthetic_speechlike(num_samples, seed=0):
 
 def dev_files(step=100):
     """A fixed spread of dev utterances (every ``step``-th list entry, all three corpora)."""
-    listing = DATA / "dev" / "list.tsv"
-    if not listing.exists():
-        pytest.skip(f"real dev data not found at {listing}")
-    paths = [line.split("\t")[0] for line in listing.read_text().splitlines() if line.strip()]
-    return [DATA / "dev" / p for p in paths[::step]]
+    from mvector.lists import read_speaker_list
+
+    return [path for path, _ in read_speaker_list(DATA / "dev" / "list.tsv")][::step]
 
 
 def kaldi_reference(samples, **options):
@@ -86,6 +86,7 @@ def assert_kaldi_close(diff):
     assert diff.max() < 0.05, diff.max()
 
 
+@pytest.mark.data
 def test_fbank_matches_kaldi_native_fbank_on_dev_speech():
     pytest.importorskip("kaldi_native_fbank")
     files = dev_files()
@@ -312,7 +313,7 @@ def test_bad_input_raises_audio_error():
         featurizer(torch.zeros(2, 0))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", METHODS)
 def test_cuda_matches_cpu(name):
     lengths = torch.tensor([16000, 12000, 3000])

@@ -6,6 +6,8 @@ import pytest
 from mvector.errors import ConfigError, MVectorError
 from mvector.fileio import fsync_dir, read_list_lines
 
+pytestmark = pytest.mark.unit
+
 
 def test_read_list_lines_gives_the_lines_without_newlines(tmp_path):
     path = tmp_path / "list.txt"

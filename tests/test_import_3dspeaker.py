@@ -24,6 +24,8 @@ from mvector.model_dir import read_model_dir
 from mvector.models.campplus import CAMPPlus
 from mvector.pretrained.threedspeaker import import_3dspeaker
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "dev"
 PARITY_CORPORA = ("aishell1_sample", "commonvoice_zh-CN", "speechocean762")
@@ -155,6 +157,7 @@ def test_an_existing_folder_is_never_replaced_unless_asked_and_a_model_directory
     import_3dspeaker(checkpoint, out, overwrite=True)
 
 
+@pytest.mark.slow
 def test_import_model_script(tmp_path, random_campplus):
     checkpoint = write_checkpoint(tmp_path, as_threedspeaker(random_campplus))
     script = [sys.executable, str(ROOT / "import_model.py"), "--from", "3dspeaker", "--checkpoint"]
@@ -236,9 +239,10 @@ def parity_files() -> list:
     return files
 
 
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.network
 def test_imported_campplus_matches_3dspeakers_code_on_dev_speech(tmp_path, published_checkpoint):
-    if not (DEV / "list.tsv").is_file():
-        pytest.skip(f"shared dev data not found at {DEV}")
     pytest.importorskip("kaldi_native_fbank", reason="kaldi-native-fbank (the test extra) is not installed")
     import soundfile
 
@@ -263,14 +267,14 @@ def test_imported_campplus_matches_3dspeakers_code_on_dev_speech(tmp_path, publi
     assert min(cosines) >= 0.999, f"cosine {cosines[worst]:.5f} on {files[worst]}"
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_the_imported_default_exports_and_runs_under_openvino_and_int8_is_refused_not_written(tmp_path):
     """Export works for the imported CAM++; its int8 graph misses the quantizer's quality check
     (cosine about 0.89 with every convolution but the first in int8), so nothing is written."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
     calibration = ROOT.parent / "shared" / "data" / "train" / "list.tsv"
-    if not calibration.is_file() or not (DEV / "list.tsv").is_file():
-        pytest.skip("the corpora in ../shared/data are needed")
     from mvector.errors import MVectorError
     from mvector.inference.export import export_model
     from mvector.inference.predictor import MVectorPredictor
@@ -290,12 +294,13 @@ def test_the_imported_default_exports_and_runs_under_openvino_and_int8_is_refuse
     assert not (out / "model.int8.onnx").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.network
 def test_the_reproduce_script_rebuilds_the_shipped_weights_and_keeps_the_documents(tmp_path, published_checkpoint):
     """scripts/reproduce_campplus_3dspeaker.sh: fetch, import, package (thresholds measured on a small
     trial list here) gives the shipped fp16 weights and config exactly; the card, LICENSE and NOTICE of
     an existing package folder are kept."""
-    if not (DEV / "list.tsv").is_file():
-        pytest.skip(f"shared dev data not found at {DEV}")
     from mvector.pretrained import default_model_dir
     from predict_helpers import dev_by_speaker
 

@@ -9,6 +9,8 @@ from mvector.errors import MVectorError
 from mvector.inference.batchnorm_fusion import conv_bn_pairs, fuse_batchnorm
 from predict_helpers import ROOT
 
+pytestmark = pytest.mark.unit
+
 CONFIGS = ("cam++.yml", "ecapa_tdnn.yml", "eres2net.yml", "res2net.yml", "resnet_se.yml", "tdnn.yml")
 
 
@@ -37,6 +39,7 @@ def waveforms():
     return waves.masked_fill(torch.arange(16000) >= lengths[:, None], 0.0), lengths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 def test_fused_backbone_reproduces_eval_outputs(config, waveforms):
     torch.manual_seed(0)

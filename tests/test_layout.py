@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parents[1] / "mvector"
 WINGS = ("training", "inference", "library", "apps")
 # wing -> the wings it may not import
@@ -20,11 +22,9 @@ FORBIDDEN = {
 # ``mvector.predict``) re-exports from the wings and is allowed to.
 FACES = {"__init__.py", "__main__.py", "predict.py"}
 
-
 def _room(path: Path) -> str:
     first = path.relative_to(PACKAGE).parts[0]
     return first if first in WINGS else "core"
-
 
 def _imported_modules(tree: ast.AST):
     for node in ast.walk(tree):
@@ -38,13 +38,10 @@ def _imported_modules(tree: ast.AST):
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("mvector."):
             yield node.lineno, node.value  # a module named for importlib
 
-
 def _sources():
     return sorted(p for p in PACKAGE.rglob("*.py")
                   if p.relative_to(PACKAGE).as_posix() not in FACES)
 
-
-@pytest.mark.unit
 def test_no_wing_imports_a_wing_it_must_not():
     breaches = []
     for path in _sources():
@@ -55,15 +52,11 @@ def test_no_wing_imports_a_wing_it_must_not():
                 breaches.append(f"{path.relative_to(PACKAGE)}:{line} ({room}) imports {module}")
     assert not breaches, "\n".join(breaches)
 
-
-@pytest.mark.unit
 def test_the_check_sees_a_breach(tmp_path):
     source = "def f():\n    from mvector.inference.predictor import MVectorPredictor\n"
     modules = [m for _, m in _imported_modules(ast.parse(source))]
     assert "mvector.inference.predictor" in modules
 
-
-@pytest.mark.unit
 def test_the_package_face_is_lazy():
     import subprocess
     import sys

@@ -10,6 +10,8 @@ from mvector.losses import LOSSES, AAMLoss, AMLoss, ARMLoss, CELoss, MarginSched
     SubCenterLoss, TripletAngularMarginLoss, build_loss
 from mvector.models.classifier import CosineClassifier
 
+pytestmark = pytest.mark.unit
+
 COS = torch.tensor([[0.70, -0.20, 0.10],
                     [0.30, 0.55, -0.90],
                     [-0.40, 0.20, 0.85],

@@ -7,6 +7,8 @@ from mvector.errors import MVectorError
 from mvector.metrics import (as_norm, compute_eer, compute_min_dcf, cosine_score_matrix, det_curve, pair_scores,
                              verification_metrics)
 
+pytestmark = pytest.mark.unit
+
 
 def reference_eer(scores, labels):
     """EER where sklearn's ROC, as (FPR, FNR) vertices, crosses FNR = FPR, linearly interpolated."""

@@ -21,6 +21,8 @@ from mvector.apps.microphone import MicrophoneError
 from mvector.apps.recognition import EXIT_ERROR, EXIT_OK
 from predict_helpers import dev_by_speaker, make_model_dir
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
 PLAY_DELAY = 0.3
@@ -124,6 +126,8 @@ RECORD_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_recording_from_the_default_microphone_hears_the_played_speech(pulse_env, speech, tmp_path):
     script, out = tmp_path / "record.py", tmp_path / "recording.npy"
     script.write_text(RECORD_SCRIPT)
@@ -163,6 +167,8 @@ def run_app(env, *argv, play=None, timeout=300):
     return code, "".join(lines), err
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_app_registers_and_recognises_from_the_microphone(pulse_env, speech, tmp_path):
     model = make_model_dir(tmp_path / "model")
     common = ["--model_dir", model, "--audio_db_path", tmp_path / "db", "--seconds", "3.5"]

@@ -11,6 +11,8 @@ from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.model_dir import average_model_dirs, load_embedder, read_model_dir, save_model_dir
 
+pytestmark = pytest.mark.integration
+
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tdnn.yml")
 
 
@@ -148,6 +150,7 @@ def test_averaging_backbones_of_models_with_different_heads(tmp_path):
             torch.testing.assert_close(weights[f"backbone.{key}"], value * 2)
 
 
+@pytest.mark.slow
 def test_average_model_script(tmp_path):
     save_tiny(tmp_path / "a")
     save_tiny(tmp_path / "b")
@@ -168,6 +171,7 @@ def test_average_model_script(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_config_far_larger_than_its_weights_fails_before_allocating(tmp_path):
     """Shapes are checked on the meta device first: the real model (about 19 GB here) is never built,
     as a 4 GB address-space limit on the loading process proves."""

@@ -11,6 +11,8 @@ from mvector.models.eres2net import ERes2Net
 from mvector.models.masking import lengths_to_mask
 from mvector.models.resnet_se import ResNetSE, frequency_time_mean
 
+pytestmark = pytest.mark.unit
+
 
 def test_segment_context_without_mask_matches_the_reference_average_pooling():
     x = torch.randn(2, 3, 47)

@@ -6,6 +6,8 @@ import torch
 from mvector.errors import AudioError, ConfigError
 from mvector.models import build_backbone
 
+pytestmark = pytest.mark.unit
+
 SMALL = {"EcapaTdnn": dict(channels=64, scale=4), "TDNN": dict(channels=64),
          "Res2Net": dict(m_channels=8, layers=(1, 1, 1, 1))}
 

@@ -5,6 +5,8 @@ from mvector.errors import ConfigError
 from mvector.models.masking import conv_lengths, lengths_to_mask, spectrogram_input, strided_masks
 from mvector.models.pooling import POOLINGS, build_pooling
 
+pytestmark = pytest.mark.unit
+
 NAMES = ["ASP", "SAP", "TSP", "TAP", "TSTP"]
 
 

@@ -15,6 +15,8 @@ from mvector.errors import AudioError, ConfigError, ModelMismatchError, MVectorE
 from mvector.inference.predictor import DEFAULT_THRESHOLD, MIN_DURATION, MVectorPredictor, l2_normalize
 from predict_helpers import SAMPLE_RATE, bad_audio_files, coloured_noise, dev_files, make_model_dir, write_wav
 
+pytestmark = pytest.mark.integration
+
 COS = 0.9999
 
 
@@ -32,12 +34,14 @@ def cosine(a, b):
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@pytest.mark.data
 def test_predict_gives_one_normalised_float32_embedding(predictor):
     embedding = predictor.predict(dev_files(1)[0])
     assert embedding.shape == (32,) and embedding.dtype == np.float32
     assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.data
 def test_every_kind_of_source_gives_the_same_embedding(predictor):
     path = dev_files(1)[0]
     reference = predictor.predict(path)
@@ -48,6 +52,7 @@ def test_every_kind_of_source_gives_the_same_embedding(predictor):
         assert cosine(predictor.predict(source, sample_rate=rate_arg), reference) > COS
 
 
+@pytest.mark.data
 def test_predict_batch_equals_one_by_one_on_files_of_different_lengths(model_dir):
     files = dev_files(7)
     predictor = MVectorPredictor(model_dir, batch_size=3)  # several padded batches, not one
@@ -106,6 +111,7 @@ def test_last_window_ends_flush_with_the_recording(model_dir):
     assert cosine(predictor.embed_waveforms([wav])[0], expected) > COS
 
 
+@pytest.mark.data
 def test_a_real_long_concatenation_works_and_short_input_is_not_windowed(model_dir):
     predictor = MVectorPredictor(model_dir)
     unwindowed = MVectorPredictor(model_dir, window_seconds=1000.0, hop_seconds=1000.0)
@@ -118,6 +124,7 @@ def test_a_real_long_concatenation_works_and_short_input_is_not_windowed(model_d
     np.testing.assert_allclose(predictor.embed_waveforms([short]), unwindowed.embed_waveforms([short]), atol=1e-6)
 
 
+@pytest.mark.data
 def test_windows_come_from_the_model_config_and_evaluation_embeds_alike(tmp_path):
     # The windows a model's EER threshold was measured with are the ones its predictor uses, and
     # eval.py's batched extraction gives the very embeddings the predictor gives.
@@ -145,6 +152,7 @@ def test_windows_come_from_the_model_config_and_evaluation_embeds_alike(tmp_path
     assert MVectorPredictor(model_dir, window_seconds=2.0).fingerprint() != explicit.fingerprint()
 
 
+@pytest.mark.data
 def test_contrast_is_symmetric_and_verify_uses_the_model_threshold(predictor):
     a, b = dev_files(2)
     score = predictor.contrast(a, b)
@@ -170,6 +178,7 @@ def test_threshold_argument_overrides_and_a_missing_one_warns(tmp_path, model_di
         MVectorPredictor(model_dir, threshold=1.5)
 
 
+@pytest.mark.data
 def test_operating_points_are_chosen_by_name(tmp_path, model_dir):
     calibrated = shutil.copytree(model_dir, tmp_path / "calibrated")
     state = json.loads((calibrated / "model.state").read_text())
@@ -227,6 +236,7 @@ def test_weights_that_do_not_match_the_config_name_the_tensor(tmp_path, model_di
         MVectorPredictor(no_state)
 
 
+@pytest.mark.data
 def test_every_kind_of_bad_audio_is_an_audio_error_naming_it(tmp_path, predictor):
     for kind, (path, problem) in bad_audio_files(tmp_path).items():
         with pytest.raises(AudioError) as error:
@@ -278,6 +288,7 @@ def test_no_model_dir_and_no_shipped_model_is_a_clear_error(monkeypatch):
         MVectorPredictor()
 
 
+@pytest.mark.data
 def test_voiceprint_library(tmp_path, model_dir):
     a, b, c = dev_files(3)
     db_path = tmp_path / "db"

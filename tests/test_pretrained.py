@@ -10,6 +10,8 @@ import pytest
 from mvector.model_dir import MODEL_FILE, STATE_FILE
 from mvector.pretrained import DEFAULT_MODEL_NAME, default_model_dir, pretrained_models
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "dev"
 MAX_WEIGHTS_BYTES = 15_000_000
@@ -50,9 +52,9 @@ def dev_pairs(label, count):
     return [(DEV / a, DEV / b) for a, b, lab in rows if lab.strip() == label][:count]
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_the_default_model_separates_dev_speakers(model_dir):
-    if not (DEV / "trials.tsv").is_file():
-        pytest.skip(f"shared dev data not found at {DEV}")
     from mvector.inference.predictor import MVectorPredictor
 
     pairs = {"1": dev_pairs("1", 20), "0": dev_pairs("0", 20)}
@@ -67,9 +69,9 @@ def test_the_default_model_separates_dev_speakers(model_dir):
     assert correct >= 32, (same, different)
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_infer_contrast_works_with_no_model_argument(model_dir):
-    if not (DEV / "trials.tsv").is_file():
-        pytest.skip(f"shared dev data not found at {DEV}")
     (a, b), = dev_pairs("1", 1)
     done = subprocess.run([sys.executable, str(ROOT / "infer_contrast.py"), "--audio_path1", str(a),
                            "--audio_path2", str(b)], capture_output=True, text=True, timeout=300)

@@ -14,6 +14,8 @@ from mvector.inference.predictor import MVectorPredictor
 from mvector.pretrained import pretrained_model_dir
 from predict_helpers import DATA, ROOT, dev_by_speaker, dev_files
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 # Calibrated on training speech (as a user would), checked on the dev speakers, who are not in it.
@@ -25,15 +27,14 @@ QUANTIZED_MODEL = "EcapaTdnn_Fbank"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The ECAPA-TDNN's float32 ONNX graph, and its int8 graph calibrated on training speech."""
-    for needed in (CALIBRATION, SMOKE_LIST):
-        if not needed.is_file():
-            pytest.skip(f"{needed} is absent: the corpora in ../shared/data are needed for calibration")
     out = tmp_path_factory.mktemp("exported") / "default"
     written = export_model(pretrained_model_dir(QUANTIZED_MODEL), out, "onnx", int8_calibration=CALIBRATION)
     assert written == {"onnx": out / ONNX_FILE, "onnx-int8": out / INT8_ONNX_FILE}
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_int8_graph_quantizes_the_convolutions_and_nothing_before_them(exported):
     import onnx
 
@@ -49,6 +50,8 @@ def test_int8_graph_quantizes_the_convolutions_and_nothing_before_them(exported)
     assert [t.data_type for t in spectrum] == [onnx.TensorProto.FLOAT]
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_int8_predictor_keeps_the_float32_embeddings_on_unseen_speech(exported):
     files = dev_files(12)
     reference = MVectorPredictor(exported).predict_batch(files)
@@ -61,6 +64,7 @@ def test_int8_predictor_keeps_the_float32_embeddings_on_unseen_speech(exported):
     assert not np.allclose(reference, int8, atol=1e-6)  # it really is another graph
 
 
+@pytest.mark.data
 def test_openvino_runs_the_same_int8_graph(exported):
     pytest.importorskip("openvino")
     files = dev_files(6)
@@ -87,6 +91,7 @@ def test_quantizing_needs_the_float32_graph_first(tmp_path):
         export_model(tmp_path / "m", tmp_path / "out", "torchscript", int8_calibration=SMOKE_LIST)
 
 
+@pytest.mark.data
 def test_bad_calibration_audio_is_named(exported, tmp_path):
     from mvector.inference.quantize import quantize_onnx
 
@@ -107,6 +112,7 @@ def test_bad_calibration_audio_is_named(exported, tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
+@pytest.mark.data
 def test_an_int8_graph_that_drifts_is_refused_and_not_written(exported, tmp_path, monkeypatch):
     import mvector.inference.quantize as quantize
 
@@ -116,6 +122,7 @@ def test_an_int8_graph_that_drifts_is_refused_and_not_written(exported, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.data
 def test_eval_scores_trials_through_any_backend(exported, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
     eval_script = importlib.util.module_from_spec(spec)

@@ -10,6 +10,8 @@ from mvector.apps.microphone import MicrophoneError
 from mvector.apps.recognition import (EXIT_ERROR, EXIT_NOT_RECOGNISED, EXIT_OK, RecognitionApp, main)
 from predict_helpers import dev_by_speaker, make_model_dir
 
+pytestmark = pytest.mark.integration
+
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.data
 def test_scripted_register_recognize_list_remove(tmp_path, model_dir, utterances, capsys):
     a1, a2, b1 = utterances
     common = ["--model_dir", model_dir, "--audio_db_path", tmp_path / "db"]
@@ -56,6 +59,8 @@ def test_scripted_register_recognize_list_remove(tmp_path, model_dir, utterances
     assert run(capsys, "--list", *common)[:2] == (EXIT_OK, "")  # nothing for a script to misread
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_voices_enrolled_with_torch_are_recognised_through_openvino(tmp_path, model_dir, utterances, capsys):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")
@@ -74,6 +79,7 @@ def test_voices_enrolled_with_torch_are_recognised_through_openvino(tmp_path, mo
     assert code == EXIT_OK and out.startswith("Recognised: bob (score 1.0000)")
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("argv, message", [
     (["--register", "../x"], "user name '../x' contains a path separator"),
     (["--register", "  "], "is empty"),
@@ -127,6 +133,7 @@ def predictor(tmp_path, model_dir):
         yield p
 
 
+@pytest.mark.data
 def test_interactive_menu_registers_recognises_lists_removes(predictor, utterances):
     voice = load_audio(utterances[0])
     recordings = []
@@ -161,6 +168,7 @@ def test_interactive_survives_action_errors_and_ends_on_eof(predictor):
     assert "(no users registered)" in text
 
 
+@pytest.mark.data
 def test_continuous_recognition_reports_each_chunk(predictor, utterances):
     a1, _, b1 = utterances
     predictor.register(a1, "alice")
@@ -198,6 +206,7 @@ def test_continuous_stops_on_ctrl_c(predictor):
     assert script.lines[-1] == "Stopped."
 
 
+@pytest.mark.data
 def test_registered_audio_is_stored_in_the_library(tmp_path, predictor, utterances):
     predictor.register(utterances[0], "dora")
     files = list((tmp_path / "db").glob("*/*.flac"))

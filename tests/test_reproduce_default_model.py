@@ -6,13 +6,18 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mvector.model_dir import read_model_dir
 from mvector.inference.predictor import MVectorPredictor
 from training_helpers import REPO, smoke_rows, tiny_overrides, write_augmentation, write_lists
 
+pytestmark = pytest.mark.integration
 
+
+@pytest.mark.slow
+@pytest.mark.data
 def test_three_stages_two_averages_and_a_packaged_model_with_its_threshold(tmp_path):
     smoke_rows()  # skips where ../shared/data is absent
     train, trials = write_lists(tmp_path / "lists", per_speaker=10)

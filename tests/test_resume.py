@@ -15,6 +15,8 @@ from mvector.model_dir import read_model_dir
 from mvector.training.trainer import TRACE_ENV, MVectorTrainer
 from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_augmentation, write_lists
 
+pytestmark = pytest.mark.integration
+
 SAVE_EVERY = 3
 MAX_EPOCH = 3
 
@@ -50,6 +52,8 @@ def read_state(path):
         return None
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     args = overrides(tmp_path)
     # The reference: the same run, uninterrupted, in this process (one thread, as the child).
@@ -115,6 +119,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, mo
         sorted(["last_model"] + [f"epoch_{e}" for e in range(1, MAX_EPOCH + 1)])
 
 
+@pytest.mark.data
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     result = subprocess.run(train_command(tmp_path, overrides(tmp_path), ["--resume"]), cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
@@ -124,6 +129,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
         f"{tmp_path / 'models' / 'TDNN_Fbank' / 'last_model' / 'training.pth'} not found"]
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("max_steps", [5])
 def test_max_steps_stops_and_saves_last_model(tmp_path, max_steps):
     threads = torch.get_num_threads()
@@ -139,6 +145,8 @@ def test_max_steps_stops_and_saves_last_model(tmp_path, max_steps):
     assert saved["step"] == max_steps and saved["epoch"] == 1 and saved["epoch_step"] == max_steps
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_ctrl_c_stops_with_one_line_and_keeps_the_finished_epochs(tmp_path):
     args = tiny_overrides(write_lists(tmp_path, per_speaker=15)[0], max_epoch=1000, save_every_steps=SAVE_EVERY)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

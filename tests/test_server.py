@@ -16,6 +16,8 @@ import soundfile as sf
 from predict_helpers import dev_files, live_webm, make_model_dir
 from server_helpers import ROOT, ServerProcess, free_port
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("fastapi")
 
 KEY = "test-key-0123456789"
@@ -68,6 +70,7 @@ def assert_clean_error(response, status, *words):
         assert word in str(detail), detail
 
 
+@pytest.mark.slow
 def test_health_docs_and_page(client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["threshold"] == 0.5 and health["embedding_size"] == 32
@@ -84,6 +87,7 @@ def test_health_docs_and_page(client):
     assert "getUserMedia" in client.get("/static/app.js").text
 
 
+@pytest.mark.data
 def test_register_recognize_contrast_list_remove(client, utterances):
     first, second = utterances[0], utterances[1]
     answer = client.post("/register", headers=AUTH, files={"audio": flac(first)}, data={"name": "  Émile "})
@@ -115,6 +119,7 @@ def test_register_recognize_contrast_list_remove(client, utterances):
     assert_clean_error(client.delete("/users/other", headers=AUTH), 404, "other")
 
 
+@pytest.mark.data
 def test_changes_need_the_key(client, utterances):
     files = {"audio": flac(utterances[0])}
     missing = client.post("/register", files=files, data={"name": "mallory"})
@@ -142,6 +147,7 @@ def test_refuses_to_listen_beyond_loopback_without_a_key(model_dir, tmp_path):
     assert not (tmp_path / "db").exists()  # refused before anything was opened
 
 
+@pytest.mark.slow
 def test_an_unknown_backend_is_one_line_and_nothing_is_opened(model_dir, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "infer_server.py"), "--port", str(free_port()),
                              "--model_dir", str(model_dir), "--audio_db_path", str(tmp_path / "db"),
@@ -153,6 +159,7 @@ def test_an_unknown_backend_is_one_line_and_nothing_is_opened(model_dir, tmp_pat
     assert not (tmp_path / "db").exists()
 
 
+@pytest.mark.data
 def test_bad_uploads(client, utterances):
     def register(content, name="carol", filename="x.wav"):
         return client.post("/register", headers=AUTH, files={"audio": (filename, content)}, data={"name": name})
@@ -195,6 +202,7 @@ def test_bad_uploads(client, utterances):
     assert "carol" not in client.get("/users").json()["users"]
 
 
+@pytest.mark.data
 def test_concurrent_recognitions_while_registering(server, utterances):
     """50 recognitions and 6 registrations at once: every answer 200, every user kept, and the
     recognitions' embeddings computed in shared batches."""
@@ -220,6 +228,8 @@ def test_concurrent_recognitions_while_registering(server, utterances):
     assert after["batches"] - before["batches"] < 56 and after["largest_batch"] > 1
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_users_survive_a_restart_and_keyless_loopback_is_read_only(model_dir, utterances, tmp_path):
     db = tmp_path / "db"
     key_file = tmp_path / "key.txt"
@@ -264,6 +274,7 @@ def app_parts(model_dir, tmp_path):
     library.close()
 
 
+@pytest.mark.data
 def test_beyond_loopback_every_api_call_needs_the_key(app_parts, utterances):
     from mvector.apps.server.app import create_app
 
@@ -287,6 +298,7 @@ def test_beyond_loopback_every_api_call_needs_the_key(app_parts, utterances):
     assert [r.status_code for r in public] == [200, 200]  # the page and the schema hold no data
 
 
+@pytest.mark.data
 def test_unexpected_errors_answer_a_generic_500(app_parts, utterances, caplog):
     from mvector.apps.server.app import create_app
 
@@ -371,6 +383,7 @@ def test_loopback_detection_and_key_sources(tmp_path):
     assert key_matches("sésame", "sésame") and not key_matches("sésame", "sesame")
 
 
+@pytest.mark.data
 def test_dns_rebinding_and_cross_site_requests_are_refused_before_any_work(server, utterances):
     """A foreign Host (an attacker's name resolving to 127.0.0.1) gets 400; a foreign Origin (a
     cross-site form or fetch) 403, even on reads; the server's own page and non-browser clients pass."""
@@ -397,6 +410,7 @@ def test_allowed_hosts_parsing():
         ["localhost", "::1", "::1", "example.org"]
 
 
+@pytest.mark.data
 def test_on_a_full_disk_erasure_works_and_registration_answers_507(model_dir, utterances, tmp_path):
     from disk_helpers import fill, mounted_small_disk
     from mvector.inference.predictor import MVectorPredictor

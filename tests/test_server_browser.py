@@ -1,6 +1,6 @@
 """The web page in headless Chromium: record from a (fake) microphone fed with a real dev
 utterance, register the speaker through the page, recognise them, and see them listed.
-Skips when Chromium, chromedriver or selenium is missing (scripts/test.sh installs them as root)."""
+Skips when Chromium, chromedriver or selenium is missing (scripts/test.sh installs them under CI)."""
 import shutil
 
 import numpy as np
@@ -9,6 +9,8 @@ import soundfile as sf
 
 from predict_helpers import dev_files, make_model_dir
 from server_helpers import ServerProcess
+
+pytestmark = pytest.mark.integration
 
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
@@ -22,8 +24,6 @@ TIMEOUT = 30
 
 @pytest.fixture
 def browser(tmp_path):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     from selenium.webdriver.chrome.service import Service
 
     # The fake microphone plays a real utterance (as 16-bit WAV, what Chromium reads), looped.
@@ -53,6 +53,9 @@ def wait_for_text(driver, element_id, words):
     return WebDriverWait(driver, TIMEOUT).until(shows, message=f"#{element_id} never showed any of {words}")
 
 
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.browser
 def test_register_and_recognise_from_the_microphone(browser, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -25,6 +25,8 @@ from mvector.model_dir import load_embedder, read_model_dir, split_weights
 from mvector.training.trainer import TRACE_ENV, MVectorTrainer
 from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_augmentation, write_lists
 
+pytestmark = pytest.mark.integration
+
 MODEL_SUBDIR = "TDNN_Fbank"
 
 
@@ -65,6 +67,7 @@ def trained(data):
     return train(data.dir / "run", overrides)
 
 
+@pytest.mark.data
 def test_writes_model_directories_with_metrics(trained):
     spe = trained.trainer.steps_per_epoch
     assert {p.name for p in trained.dir.iterdir()} == {"best_model", "last_model", "epoch_1", "epoch_2"}
@@ -89,6 +92,7 @@ def test_writes_model_directories_with_metrics(trained):
         assert embedder(torch.randn(2, 8000) * 0.1).shape == (2, 16)
 
 
+@pytest.mark.data
 def test_visualdl_logs_follow_the_lr_and_margin_schedules(trained):
     conf = trained.trainer.config
     spe, steps = trained.trainer.steps_per_epoch, 2 * trained.trainer.steps_per_epoch
@@ -114,6 +118,7 @@ def test_visualdl_logs_follow_the_lr_and_margin_schedules(trained):
     assert 0 < expected_margin[spe - 1] < 0.2  # the ramp really was inside the run
 
 
+@pytest.mark.data
 def test_loss_decreases_when_overfitting_a_tiny_set(data):
     train_list, _ = write_lists(data.dir / "tiny", per_speaker=8, speakers=3)
     # Cross-entropy on a linear head: a smooth curve (a margin loss at scale 32 jumps about).
@@ -129,12 +134,14 @@ def test_loss_decreases_when_overfitting_a_tiny_set(data):
     assert run.state["margin"] is None  # CELoss has none: logged as a note, not scheduled
 
 
+@pytest.mark.data
 def test_loss_and_head_must_pair(data):
     overrides = tiny_overrides(data.train) + ["loss_conf.loss=CELoss", "loss_conf.loss_args={label_smoothing: 0.1}"]
     with pytest.raises(ConfigError, match=r"loss_conf\.loss 'CELoss'.*model_conf\.classifier 'Cosine'"):
         train(data.dir / "pairing", overrides)
 
 
+@pytest.mark.data
 def test_pretrained_reports_a_different_classifier(trained, data, caplog):
     four_speakers, _ = write_lists(data.dir / "four", per_speaker=6, speakers=4)
     # lr 0 keeps the loaded parameters as they are through the one step.
@@ -158,6 +165,7 @@ def test_pretrained_reports_a_different_classifier(trained, data, caplog):
     assert partial.state["step"] == 1 and "backbone.frames.0.weight: shape" in caplog.text
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_runs_on_cpu(data, dtype):
     run = train(data.dir / f"amp_{dtype}", tiny_overrides(data.train, max_steps=2, amp="true", amp_dtype=dtype))
@@ -174,6 +182,7 @@ def load_script(name):
     return module
 
 
+@pytest.mark.data
 def test_curation_scores_then_leaves_out_extremes(trained, data, monkeypatch):
     losses_path = data.dir / "losses.tsv"
     assert load_script("score_losses").main(["--model_dir", str(trained.dir / "last_model"), "--out",
@@ -211,6 +220,8 @@ def test_select_extremes_by_hand():
     assert select_extremes(losses, 0.0, 0.0).tolist() == []
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_train_py_errors_are_one_line(data, tmp_path):
     for override, expected in ((f"dataset_conf.train_list={tmp_path / 'missing.txt'}", "train_list"),
                                ("train_conf.max_epochs=3", "max_epochs")):
@@ -222,6 +233,8 @@ def test_train_py_errors_are_one_line(data, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_a_torch_compile_failure_says_how_to_train_without_it(data, tmp_path):
     # No working C++ compiler: what torch.compile meets on a CPU machine without one.
     command = [sys.executable, "train.py", "--configs", str(BASE_CONFIG), "--use_gpu", "false",
@@ -236,6 +249,7 @@ def test_a_torch_compile_failure_says_how_to_train_without_it(data, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.data
 def test_distillation_pulls_crops_to_the_teachers_utterance_embeddings(trained, data, caplog):
     """A student distilled from the trained model: a head that --pretrained does not bring starts at the
     speakers' mean teacher embeddings, the teacher's table is cached and reused."""
@@ -279,6 +293,7 @@ def test_distillation_term_is_weighted_one_minus_cosine():
     assert float(distillation_loss(student, teacher)) == pytest.approx(0.5)
 
 
+@pytest.mark.data
 def test_distillation_settings_are_checked(data):
     from mvector.training.augment import build_wave_augmentation
     from mvector.training.distillation import check_distillation_conf

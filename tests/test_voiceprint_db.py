@@ -22,6 +22,8 @@ from mvector.library.index import SearchIndex, exhaustive
 from mvector.library.store import (DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, UserNameError, VoiceprintDB,
                                   VoiceprintError)
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
 DIM = 16
@@ -309,6 +311,7 @@ KILL_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_registration_leaves_library_consistent(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(KILL_CHILD)

@@ -11,12 +11,10 @@ BASE_CONFIG = REPO / "configs" / "tdnn.yml"
 
 
 def smoke_rows():
-    """``[(absolute path, speaker id)]`` of the smoke set; skips the test when it is absent."""
-    listing = SMOKE / "list.tsv"
-    if not listing.is_file():
-        pytest.skip(f"smoke data not found at {SMOKE} (expected ../shared/data/smoke beside the checkout)")
-    rows = [line.rstrip("\n").split("\t") for line in listing.read_text(encoding="utf-8").splitlines() if line]
-    return [(str(SMOKE / path), speaker) for path, speaker in rows]
+    """``[(absolute path, speaker id)]`` of the smoke set (for tests marked ``data``)."""
+    from mvector.lists import read_speaker_list
+
+    return read_speaker_list(SMOKE / "list.tsv")
 
 
 def write_lists(directory, per_speaker=None, speakers=None, num_trials=40, seed=0):

@@ -67,11 +67,7 @@ class _Exporter:
 
     def min_samples(self) -> int:
         """Shortest waveform the graph must take: MIN_DURATION, or more where the backbone needs more frames."""
-        samples = math.ceil(MIN_DURATION * self.sample_rate)
-        min_frames = getattr(self.embedder.backbone, "min_frames", 1)
-        while self.embedder.featurizer.num_frames(samples) < min_frames:
-            samples += 1
-        return samples
+        return max(math.ceil(MIN_DURATION * self.sample_rate), self.embedder.min_samples())
 
     def program(self):
         if self._program is None:

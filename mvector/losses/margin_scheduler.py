@@ -3,7 +3,7 @@
 As in wespeaker: a large margin from step 0 keeps a randomly initialised model from converging.
 """
 from mvector.errors import ConfigError
-from mvector.losses.base import check_number
+from mvector.losses.base import MarginLoss, check_number
 
 # The exponential ramp follows wespeaker's 1 - 1e-3 ** progress (most of the increase early),
 # rescaled so it ends exactly at the final margin instead of 99.9% of the way there.
@@ -30,9 +30,9 @@ class MarginScheduler:
 
     def __init__(self, loss, initial_margin, final_margin, increase_start_step, fix_start_step,
                  increase_type="exp"):
-        if not callable(getattr(loss, "update", None)):
+        if not isinstance(loss, MarginLoss):
             raise ConfigError(f"MarginScheduler: loss {type(loss).__name__} has no margin to schedule "
-                              f"(no update(margin) method)")
+                              f"(it is not a MarginLoss)")
         if increase_type not in RAMPS:
             raise ConfigError(f"MarginScheduler: unknown increase_type {increase_type!r}; "
                               f"valid: {', '.join(sorted(RAMPS))}")

@@ -11,6 +11,7 @@ from torch import nn
 from mvector.models import BACKBONES
 from mvector.models.masking import apply_mask, conv_lengths, lengths_to_mask, spectrogram_input
 from mvector.models.pooling import build_pooling
+from mvector.models.base import Backbone
 
 # The input TDNN layer halves the frame rate; every later layer keeps it.
 _TDNN = dict(kernel_size=5, stride=2, padding=2)
@@ -146,7 +147,7 @@ class Transition(nn.Sequential):
 
 
 @BACKBONES.register
-class CAMPPlus(nn.Module):
+class CAMPPlus(Backbone):
     """CAM++ speaker embedding network (3D-Speaker's CAM++, reference-toolkit defaults).
 
     ``block_layers``/``block_dilations`` describe the three dense blocks; each is followed by a

@@ -13,6 +13,7 @@ from mvector.errors import ConfigError
 from mvector.models import BACKBONES
 from mvector.models.masking import apply_mask, lengths_to_mask, masked_mean
 from mvector.models.pooling import build_pooling
+from mvector.models.base import Backbone
 
 
 class Conv1dReluBn(nn.Module):
@@ -85,7 +86,7 @@ class SERes2Block(nn.Module):
 
 
 @BACKBONES.register
-class EcapaTdnn(nn.Module):
+class EcapaTdnn(Backbone):
     """ECAPA-TDNN: three SE-Res2 blocks with dilations 2, 3, 4, multi-layer aggregation, pooling.
 
     ``forward(features[B, T, input_size], lengths[B] or None) -> [B, embd_dim]``.

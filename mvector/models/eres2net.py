@@ -11,6 +11,7 @@ from torch import nn
 from mvector.models import BACKBONES
 from mvector.models.masking import apply_mask, spectrogram_input, strided_masks
 from mvector.models.pooling import build_pooling
+from mvector.models.base import Backbone
 
 # Every time-strided op here (3x3/pad 1 or 1x1/pad 0, stride 2) keeps ceil(T/2) frames.
 _DOWN = dict(kernel_size=3, stride=2, padding=1)
@@ -76,7 +77,7 @@ class ERes2NetBlock(nn.Module):
 
 
 @BACKBONES.register
-class ERes2Net(nn.Module):
+class ERes2Net(Backbone):
     """ERes2Net speaker embedding network (3D-Speaker's ERes2Net, reference-toolkit defaults).
 
     Stages 1-2 use plain Res2Net blocks, stages 3-4 fuse groups with AFF; each stage's output is

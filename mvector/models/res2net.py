@@ -13,6 +13,7 @@ from mvector.errors import AudioError, ConfigError
 from mvector.models import BACKBONES
 from mvector.models.masking import apply_mask, conv_lengths, lengths_to_mask, spectrogram_input
 from mvector.models.pooling import build_pooling
+from mvector.models.base import Backbone
 
 # Stem: a 7x7 convolution with stride 3, then a 3x3 max-pool with stride 2 (both padded by 1).
 STEM_CONV = dict(kernel_size=7, stride=3, padding=1)
@@ -67,7 +68,7 @@ class Bottle2neck(nn.Module):
 
 
 @BACKBONES.register
-class Res2Net(nn.Module):
+class Res2Net(Backbone):
     """Res2Net over the (frequency, time) plane, frequency folded into channels before pooling.
 
     ``forward(features[B, T, input_size], lengths[B] or None) -> [B, embd_dim]``; T must be at

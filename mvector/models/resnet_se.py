@@ -10,6 +10,7 @@ from torch import nn
 from mvector.models import BACKBONES
 from mvector.models.masking import apply_mask, spectrogram_input, strided_masks
 from mvector.models.pooling import build_pooling
+from mvector.models.base import Backbone
 
 # Each stage after the first halves frequency and time with a 3x3, stride-2, padding-1 conv.
 _DOWN = dict(kernel_size=3, stride=2, padding=1)
@@ -70,7 +71,7 @@ class SEBottleneck(nn.Module):
 
 
 @BACKBONES.register
-class ResNetSE(nn.Module):
+class ResNetSE(Backbone):
     """SE-ResNet speaker embedding network; ``layers`` blocks per stage, ``num_filters`` widths."""
 
     # Frames per forward pass on the CPU (mvector.inference.backends): beyond about one 4 s utterance the early

@@ -10,13 +10,14 @@ from mvector.errors import AudioError
 from mvector.models import BACKBONES
 from mvector.models.masking import apply_mask, lengths_to_mask
 from mvector.models.pooling import build_pooling
+from mvector.models.base import Backbone
 
 # (kernel_size, dilation) of the five frame layers: a context of 15 frames in all.
 FRAME_LAYERS = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))
 
 
 @BACKBONES.register
-class TDNN(nn.Module):
+class TDNN(Backbone):
     """Five dilated frame layers (conv -> ReLU -> BatchNorm, the last without BatchNorm), pooling,
     then BatchNorm -> Linear -> BatchNorm down to the embedding.
 

@@ -17,6 +17,7 @@ from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.lists import read_loss_file
 from mvector.losses import build_loss
+from mvector.losses.base import MarginLoss
 from mvector.model_dir import MODEL_FILE, load_state_strict, read_model_dir, split_weights
 from mvector.models.classifier import build_classifier
 
@@ -111,7 +112,7 @@ def score_losses(model_dir, train_list=None, device="cpu", batch_size=None, max_
     loss_fn = build_loss(config["loss_conf"]["loss"], **config["loss_conf"]["loss_args"])
     if loss_fn.state_dict():
         load_state_strict(loss_fn, split_weights(weights, "loss"), where)
-    if state.get("margin") is not None and callable(getattr(loss_fn, "update", None)):
+    if state.get("margin") is not None and isinstance(loss_fn, MarginLoss):
         loss_fn.update(state["margin"])
 
     dataset = SpeakerCropDataset(train_list, data_conf, preload=False)

@@ -33,6 +33,7 @@ from mvector.embedder import SpeakerEmbedder, build_featurizer
 from mvector.errors import ConfigError, MVectorError, ModelMismatchError
 from mvector.evaluation import evaluate_trials
 from mvector.losses import MarginScheduler, build_loss
+from mvector.losses.base import MarginLoss
 from mvector.lr_scheduler import SCHEDULERS
 from mvector.model_dir import (MODEL_FILE, TRAINING_FILE, load_state_strict, read_model_dir, recover_model_dir,
                                save_model_dir, split_weights, torch_load_failure)
@@ -312,7 +313,7 @@ class MVectorTrainer:
         args = self.config["loss_conf"]["margin_scheduler_args"]
         if not args["enable"]:
             return None
-        if not callable(getattr(self.loss, "update", None)):
+        if not isinstance(self.loss, MarginLoss):
             self._log(f"note: loss_conf.loss {type(self.loss).__name__} has no margin; "
                       f"loss_conf.margin_scheduler_args is ignored")
             return None
@@ -339,7 +340,7 @@ class MVectorTrainer:
     def _metrics_state(self, epoch, batches_done) -> dict:
         return {"epoch": epoch, "epoch_step": batches_done, "step": self.global_step,
                 **{k: self.last_metrics.get(k) for k in ("eer", "min_dcf", "min_dcf_05", "threshold")},
-                "margin": getattr(self.loss, "margin", None), "lr": self.optimizer.param_groups[0]["lr"],
+                "margin": self.loss.margin if isinstance(self.loss, MarginLoss) else None, "lr": self.optimizer.param_groups[0]["lr"],
                 "num_classes": self.num_classes}
 
     def _save(self, names, epoch, batches_done, epoch_complete=False) -> None:
@@ -595,7 +596,7 @@ class MVectorTrainer:
         if not self.ctx.is_main:
             return
         lr = self.optimizer.param_groups[0]["lr"]
-        margin = getattr(self.loss, "margin", None)
+        margin = self.loss.margin if isinstance(self.loss, MarginLoss) else None
         values = {"loss": mean_loss, "accuracy": accuracy, "lr": lr}
         if margin is not None:
             values["margin"] = margin
