@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from mvector.training.augment import build_wave_augmentation
+from mvector.training.augment import build_augmentation
 from mvector.config import load_config
 from mvector.training.data import SpeakerCropDataset, build_train_loader
 from peer import figure
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     aug_path = None if args.no_augment else dataset_conf["aug_conf_path"]
     if aug_path is not None and not Path(aug_path).is_absolute():
         aug_path = str(ROOT / aug_path)  # configs name it relative to the repository root
-    speed_perturb, _ = build_wave_augmentation(aug_path, dataset_conf["sample_rate"])
+    speed_perturb = build_augmentation(aug_path, dataset_conf["sample_rate"]).speed
     dataset = SpeakerCropDataset(args.list, dataset_conf, speed_perturb=speed_perturb, preload=True, seed=0)
     kind = "plain" if speed_perturb is None else "speed-perturbed"
     for workers in args.workers:

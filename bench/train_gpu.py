@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mvector.training.augment import SpecAugment, build_wave_augmentation
+from mvector.training.augment import build_augmentation
 from mvector.config import load_config
 from mvector.embedder import build_featurizer
 from mvector.losses import build_loss
@@ -93,8 +93,7 @@ class OurTrainStep:
         loss = build_loss(loss_conf["loss"], **loss_conf["loss_args"])
         # The config names augmentation.yml relative to the repository root.
         aug_path = str(ROOT / config["dataset_conf"]["aug_conf_path"])
-        _, wave_augment = build_wave_augmentation(aug_path, SAMPLE_RATE)
-        spec_augment = SpecAugment.from_config(aug_path)
+        _, wave_augment, spec_augment = build_augmentation(aug_path, SAMPLE_RATE)
         self.graph = TrainGraph(wave_augment, featurizer, spec_augment, backbone, classifier, loss).to(device).train()
         if compile_backbone:
             backbone.compile()

@@ -1,4 +1,4 @@
-"""mvector/training/augment.py: each waveform augmentation against its formula (batched, with padding), the RIR cache,
+"""mvector/training/augment/: each waveform augmentation against its formula (batched, with padding), the RIR cache,
 SpecAugment, config errors."""
 import math
 
@@ -9,10 +9,12 @@ import torch
 import yaml
 from scipy.signal import welch
 
-from mvector.training import augment as augment_module
-from mvector.training.augment import (SpecAugment, SpeedPerturb, WaveAugment, build_wave_augmentation, change_speed,
-                             coloured_noise, load_augmentation_config, load_rir_bank, mix_at_snr, reverberate,
-                             validate_augmentation_config)
+from mvector.training.augment import (Augmentation, SpecAugment, SpeedPerturb, WaveAugment, build_augmentation,
+                                      load_augmentation_config, validate_augmentation_config)
+from mvector.training.augment import rir as rir_module
+from mvector.training.augment.ops import coloured_noise, mix_at_snr, reverberate
+from mvector.training.augment.rir import load_rir_bank
+from mvector.training.augment.speed import change_speed
 from mvector.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -91,13 +93,13 @@ def augment(conf, waveforms, lengths, seed=0, **kwargs):
 
 @pytest.mark.slow
 def test_build_splits_loader_and_device_parts(tmp_path):
-    speed, wave = build_wave_augmentation("configs/augmentation.yml", SR, rir_cache_dir=tmp_path / "rirs")
-    assert isinstance(speed, SpeedPerturb) and isinstance(wave, WaveAugment)
+    speed, wave, spec = build_augmentation("configs/augmentation.yml", SR, rir_cache_dir=tmp_path / "rirs")
+    assert isinstance(speed, SpeedPerturb) and isinstance(wave, WaveAugment) and isinstance(spec, SpecAugment)
     path = tmp_path / "aug.yml"
     path.write_text(yaml.safe_dump({section: {"prob": 0} for section in ("volume", "noise", "reverb")}))
-    speed, wave = build_wave_augmentation(path, SR)
+    speed, wave, _ = build_augmentation(path, SR)
     assert speed.prob == 0.5 and wave is None  # nothing left for the device
-    assert build_wave_augmentation(None) == (None, None)
+    assert build_augmentation(None) == Augmentation(None, None, None)
 
 
 def test_volume_gain_in_range():
@@ -228,7 +230,7 @@ def test_rir_bank_simulated_once_then_cached(tmp_path, monkeypatch):
     def no_simulation(*args, **kwargs):
         raise AssertionError("the cached bank should have been reused")
 
-    monkeypatch.setattr(augment_module, "simulate_rir_bank", no_simulation)
+    monkeypatch.setattr(rir_module, "simulate_rir_bank", no_simulation)
     cached = load_rir_bank(SR, count=3, cache_dir=tmp_path)
     for a, b in zip(bank, cached):
         np.testing.assert_array_equal(a, b)
@@ -276,13 +278,12 @@ def test_bad_keys_and_values_name_key_and_file(tmp_path):
         load_augmentation_config(path)
     path.write_text(yaml.safe_dump({"speed": {"prob": 1.5}}))
     with pytest.raises(ConfigError, match=r"aug.yml.*speed.prob"):
-        build_wave_augmentation(path)
+        build_augmentation(path)
     path.write_text(yaml.safe_dump({"noise": {"generated": ["violet"]}}))
     with pytest.raises(ConfigError, match="noise.generated"):
         load_augmentation_config(path)
     with pytest.raises(ConfigError, match="not found"):
         load_augmentation_config(tmp_path / "absent.yml")
-    assert SpecAugment.from_config(None) is None
 
 
 def test_spec_augment_masks_only_valid_frames():
@@ -305,6 +306,6 @@ def test_spec_augment_masks_only_valid_frames():
 
 
 def test_spec_augment_from_config_file():
-    spec = SpecAugment.from_config("configs/augmentation.yml")
+    spec = build_augmentation("configs/augmentation.yml").spec
     conf = load_augmentation_config("configs/augmentation.yml")["spec_aug"]
     assert spec.prob == conf["prob"] and list(spec.time_mask_width) == conf["time_mask_width"]

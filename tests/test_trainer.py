@@ -295,7 +295,7 @@ def test_distillation_term_is_weighted_one_minus_cosine():
 
 @pytest.mark.data
 def test_distillation_settings_are_checked(data):
-    from mvector.training.augment import build_wave_augmentation
+    from mvector.training.augment import build_augmentation
     from mvector.training.distillation import check_distillation_conf
 
     with pytest.raises(ConfigError, match="distillation.weight must be > 0"):
@@ -303,7 +303,7 @@ def test_distillation_settings_are_checked(data):
     speed_aug = data.dir / "speed.yml"
     speed_aug.write_text("speed: {prob: 0.5}\nreverb: {prob: 0.0}\nnoise: {prob: 0.0}\nvolume: {prob: 0.0}\n",
                          encoding="utf-8")
-    speed, _ = build_wave_augmentation(speed_aug)
+    speed = build_augmentation(speed_aug).speed
     with pytest.raises(ConfigError, match="speed.prob to 0"):
         check_distillation_conf({"teacher": "t", "weight": 1.0}, speed)
     check_distillation_conf({"teacher": None, "weight": 0.0}, speed)  # no teacher: nothing to check

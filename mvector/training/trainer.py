@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mvector.training.augment import SpecAugment, build_wave_augmentation
+from mvector.training.augment import build_augmentation
 from mvector.config import apply_overrides, config_from_dict, load_config
 from mvector.training.curation import check_curation_conf, curated_exclusions
 from mvector.training.data import SpeakerCropDataset, build_train_loader
@@ -256,8 +256,8 @@ class MVectorTrainer:
         seed = train_conf["seed"]
         # The same seed on every rank gives every rank the same initial weights.
         seed_everything(seed)
-        speed_perturb, self.wave_augment = build_wave_augmentation(dataset_conf["aug_conf_path"],
-                                                                   dataset_conf["sample_rate"])
+        augmentation = build_augmentation(dataset_conf["aug_conf_path"], dataset_conf["sample_rate"])
+        speed_perturb, self.wave_augment = augmentation.speed, augmentation.wave
         distillation = train_conf["distillation"]
         check_distillation_conf(distillation, speed_perturb)
         self.dataset = SpeakerCropDataset(train_list, dataset_conf, speed_perturb=speed_perturb, seed=seed)
@@ -276,7 +276,7 @@ class MVectorTrainer:
                                            **model_conf["classifier_args"])
         self.loss = build_loss(conf["loss_conf"]["loss"], **conf["loss_conf"]["loss_args"])
         check_pairing(self.loss, self.classifier, conf)
-        spec_augment = SpecAugment.from_config(dataset_conf["aug_conf_path"])
+        spec_augment = augmentation.spec
         self.graph = TrainGraph(self.wave_augment, self.featurizer, spec_augment, self.backbone, self.classifier,
                                 self.loss, distillation["weight"]).to(self.device)
         self.teacher = None
