@@ -34,13 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mvector.training.augment import build_augmentation
 from mvector.config import load_config
 from mvector.embedder import build_featurizer
-from mvector.losses import build_loss
-from mvector.models import build_backbone
-from mvector.models.classifier import build_classifier
-from mvector.training.trainer import TrainGraph
+from mvector.training.augment import build_augmentation
+from mvector.training.graph import build_train_graph
 from peer import backbone_configs, figure, run_peer_command
 from synthetic_voice import voice_like
 
@@ -85,16 +82,11 @@ class OurTrainStep:
 
     def __init__(self, config: dict, num_classes: int, device: torch.device, compile_backbone: bool):
         torch.manual_seed(0)
-        featurizer = build_featurizer(config)
-        model_conf, loss_conf, opt_conf = config["model_conf"], config["loss_conf"], config["optimizer_conf"]
-        backbone = build_backbone(model_conf["model"], featurizer.feature_dim, **model_conf["model_args"])
-        classifier = build_classifier(model_conf["classifier"], backbone.embd_dim, num_classes,
-                                      **model_conf["classifier_args"])
-        loss = build_loss(loss_conf["loss"], **loss_conf["loss_args"])
+        opt_conf = config["optimizer_conf"]
         # The config names augmentation.yml relative to the repository root.
-        aug_path = str(ROOT / config["dataset_conf"]["aug_conf_path"])
-        _, wave_augment, spec_augment = build_augmentation(aug_path, SAMPLE_RATE)
-        self.graph = TrainGraph(wave_augment, featurizer, spec_augment, backbone, classifier, loss).to(device).train()
+        augmentation = build_augmentation(str(ROOT / config["dataset_conf"]["aug_conf_path"]), SAMPLE_RATE)
+        self.graph = build_train_graph(config, num_classes, augmentation).to(device).train()
+        backbone = self.graph.backbone
         if compile_backbone:
             backbone.compile()
         self.optimizer = getattr(torch.optim, opt_conf["optimizer"])(self.graph.parameters(), **opt_conf["optimizer_args"])

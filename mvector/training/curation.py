@@ -12,14 +12,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mvector.training.data import SpeakerCropDataset, collate_waveforms
-from mvector.embedder import build_embedder
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.lists import read_loss_file
-from mvector.losses import build_loss
 from mvector.losses.base import MarginLoss
 from mvector.model_dir import MODEL_FILE, load_state_strict, read_model_dir, split_weights
-from mvector.models.classifier import build_classifier
+from mvector.training.data import SpeakerCropDataset, collate_waveforms
+from mvector.training.graph import build_train_graph
 
 
 def check_curation_conf(curation: dict) -> None:
@@ -100,18 +98,12 @@ def score_losses(model_dir, train_list=None, device="cpu", batch_size=None, max_
     train_list = train_list or data_conf["train_list"]
     if not Path(train_list).is_file():
         raise ConfigError(f"training list not found: {train_list}")
-    embedder = build_embedder(config)
-    load_state_strict(embedder.backbone, split_weights(weights, "backbone"), where)
-    head = split_weights(weights, "classifier")
     if "num_classes" not in state:
         raise ModelMismatchError(f"{model_dir}: model.state has no num_classes; is it a training checkpoint?")
-    model_conf = config["model_conf"]
-    classifier = build_classifier(model_conf["classifier"], embedder.embd_dim, state["num_classes"],
-                                  **model_conf["classifier_args"])
-    load_state_strict(classifier, head, where)
-    loss_fn = build_loss(config["loss_conf"]["loss"], **config["loss_conf"]["loss_args"])
-    if loss_fn.state_dict():
-        load_state_strict(loss_fn, split_weights(weights, "loss"), where)
+    graph = build_train_graph(config, state["num_classes"])
+    for part, module in graph.parts.items():
+        load_state_strict(module, split_weights(weights, part), where)
+    embedder, classifier, loss_fn = graph.embedder(), graph.classifier, graph.loss
     if state.get("margin") is not None and isinstance(loss_fn, MarginLoss):
         loss_fn.update(state["margin"])
 

@@ -7,11 +7,9 @@ scaler, RNG states, position in the epoch), so a run killed mid-epoch resumes at
 with the same LR and margin. Rank 0 alone logs, evaluates and writes; the other ranks wait.
 """
 import copy
-import importlib
 import logging
 import math
 import os
-import random
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,189 +18,34 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mvector.training.augment import build_augmentation
 from mvector.config import apply_overrides, config_from_dict, load_config
-from mvector.training.curation import check_curation_conf, curated_exclusions
-from mvector.training.data import SpeakerCropDataset, build_train_loader
-from mvector.training.distillation import check_distillation_conf, distillation_loss, init_head_from_teacher, teacher_table
-from mvector.training.distributed import init_distributed, shutdown_distributed
-from mvector.embedder import SpeakerEmbedder, build_featurizer
 from mvector.errors import ConfigError, MVectorError, ModelMismatchError
 from mvector.evaluation import evaluate_trials
-from mvector.losses import MarginScheduler, build_loss
+from mvector.losses import MarginScheduler
 from mvector.losses.base import MarginLoss
 from mvector.lr_scheduler import SCHEDULERS
 from mvector.model_dir import (MODEL_FILE, TRAINING_FILE, load_state_strict, read_model_dir, recover_model_dir,
-                               save_model_dir, split_weights, torch_load_failure)
-from mvector.models import build_backbone
-from mvector.models.classifier import build_classifier
+                               save_model_dir, split_weights)
+from mvector.training.augment import build_augmentation
+from mvector.training.checkpoint import load_training_state, loader_from_batch, rng_state, seed_everything, set_rng_state
+from mvector.training.curation import check_curation_conf, curated_exclusions
+from mvector.training.data import SpeakerCropDataset, build_train_loader
+from mvector.training.distillation import check_distillation_conf, init_head_from_teacher, teacher_table
+from mvector.training.distributed import init_distributed, shutdown_distributed
+from mvector.training.graph import build_train_graph, load_pretrained, model_weights
+
 
 logger = logging.getLogger(__name__)
 
+
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 # Set to a directory to get, per rank, the utterance indices of every batch (rank<N>.tsv):
 # the way to check which data each DDP process trained on.
 TRACE_ENV = "MVECTOR_TRACE_BATCHES"
-
-
-class TrainGraph(nn.Module):
-    """Waveform augmentation -> features -> SpecAugment -> backbone -> head -> loss as one module.
-
-    The loss is inside so that DDP also synchronises the gradients of a loss's own parameters.
-    """
-
-    def __init__(self, wave_augment, featurizer, spec_augment, backbone, classifier, loss, distill_weight=0.0):
-        super().__init__()
-        self.distill_weight = float(distill_weight)
-        self.wave_augment = wave_augment
-        self.featurizer = featurizer
-        self.spec_augment = spec_augment
-        self.backbone = backbone
-        self.classifier = classifier
-        self.loss = loss
-
-    def forward(self, waveforms, lengths, labels, teacher=None):
-        """``teacher``: the teacher's embeddings ``[B, E]`` of the crops' utterances (distillation)."""
-        if self.wave_augment is not None and self.training:
-            waveforms = self.wave_augment(waveforms, lengths)
-        features, frame_lengths = self.featurizer(waveforms, lengths)
-        if self.spec_augment is not None and self.training:
-            features = self.spec_augment(features, frame_lengths)
-        embeddings = self.backbone(features, frame_lengths)
-        outputs = self.classifier(embeddings)
-        loss = self.loss(outputs, labels, embeddings) if self.loss.needs_embeddings else self.loss(outputs, labels)
-        if teacher is not None:
-            loss = loss + self.distill_weight * distillation_loss(embeddings, teacher)
-        return loss, outputs
-
-
-def check_pairing(loss, classifier, config) -> None:
-    """A margin loss on logits, or cross-entropy on cosines, trains but learns nothing useful."""
-    if loss.input_type != classifier.output_type:
-        raise ConfigError(f"loss_conf.loss '{config['loss_conf']['loss']}' expects {loss.input_type} inputs but "
-                          f"model_conf.classifier '{config['model_conf']['classifier']}' outputs "
-                          f"{classifier.output_type}; pick a matching pair (Cosine with margin losses, "
-                          f"Linear with CELoss)")
-
-
-def model_weights(parts: dict) -> dict:
-    """The flat ``part.name -> cpu tensor`` dict saved as model.pth."""
-    weights = {}
-    for prefix, module in parts.items():
-        weights.update({f"{prefix}.{k}": v.detach().cpu() for k, v in module.state_dict().items()})
-    return weights
-
-
-def load_pretrained(parts: dict, weights: dict, allow_partial: bool = False, where: str = "pretrained"):
-    """Load every tensor of ``weights`` that fits; return one report line per tensor left out.
-
-    The classifier and loss may differ (another speaker count): their misfits are only reported.
-    A backbone misfit is a ModelMismatchError unless ``allow_partial``.
-    """
-    report, backbone_problems, loaded = [], 0, 0
-    for prefix, module in parts.items():
-        own, given = module.state_dict(), split_weights(weights, prefix)
-        fitting = {}
-        for key, tensor in own.items():
-            if key not in given:
-                report.append(f"{prefix}.{key}: not in {where}, keeps its initial value")
-            elif given[key].shape != tensor.shape:
-                report.append(f"{prefix}.{key}: shape {tuple(given[key].shape)} in {where} vs "
-                              f"{tuple(tensor.shape)} here, skipped")
-            else:
-                fitting[key] = given[key].to(tensor.dtype)
-        report += [f"{prefix}.{key}: not in this model, skipped" for key in given if key not in own]
-        if prefix == "backbone":
-            backbone_problems = len(report)
-        module.load_state_dict(fitting, strict=False)
-        loaded += len(fitting)
-    known = tuple(f"{p}." for p in parts)
-    report += [f"{key}: belongs to no part of this model, skipped" for key in weights if not key.startswith(known)]
-    if backbone_problems and not allow_partial:
-        raise ModelMismatchError(f"{where}: {backbone_problems} backbone tensor(s) do not fit this model "
-                                 f"(e.g. {report[0]}); pass --allow_partial to load the rest anyway")
-    return loaded, report
-
-
-def rng_state(device: torch.device) -> dict:
-    """Every random stream's state in types ``torch.load(weights_only=True)`` reads: tensors, numbers,
-    strings, tuples and dicts (numpy's key array becomes a tensor)."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"bit_generator": name, "keys": torch.from_numpy(keys.astype(np.int64)),
-                       "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        numpy_state = (numpy_state["bit_generator"], numpy_state["keys"].numpy().astype(np.uint32),
-                       numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
-    np.random.set_state(numpy_state)  # a tuple with a numpy array in checkpoints written before
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# What a training.pth written before its RNG states became tensors needs besides weights_only's
-# types: numpy's array reconstruction, which runs no code of the file's choosing.
-_OLDER_TRAINING_STATE_GLOBALS = {"numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct",
-                                 "numpy.core.multiarray._reconstruct", "numpy.dtypes.UInt32DType"}
-
-
-def load_training_state(path: Path) -> dict:
-    """A ``training.pth``, loaded with ``weights_only=True``: a file that would run code is refused."""
-    restart = ("start again with --pretrained from its model directory (the weights are kept; the "
-               "optimizer and schedules start over)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first:  # older format, truncated, foreign or poisoned: decide which below
-        try:
-            needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except Exception:
-            needed = None
-        if not needed or not needed <= _OLDER_TRAINING_STATE_GLOBALS:
-            detail = (f"it needs {', '.join(sorted(needed))}, which loading would run" if needed
-                      else torch_load_failure(first))
-            raise ModelMismatchError(f"{path}: cannot be read safely as a training state ({detail}); "
-                                     f"{restart}") from None
-    allowed = []  # all of them: the dtype classes are found only while loading
-    for name in _OLDER_TRAINING_STATE_GLOBALS:
-        module, _, attribute = name.rpartition(".")
-        try:
-            allowed.append((getattr(importlib.import_module(module), attribute), name))
-        except (ImportError, AttributeError):  # the other numpy major version's path
-            continue
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def loader_from_batch(loader: DataLoader, skip_batches: int) -> DataLoader:
-    """The same epoch's batches as ``loader`` without its first ``skip_batches``, none of them loaded.
-
-    Valid because sampler order and per-sample crops/augmentation are functions of (seed, epoch,
-    index), so a batch holds the same samples whichever process loads it.
-    """
-    if skip_batches == 0:
-        return loader
-    batches = list(loader.batch_sampler)[skip_batches:]
-    return DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                      worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
-                      generator=loader.generator, timeout=loader.timeout)
 
 
 @contextmanager
@@ -269,16 +112,9 @@ class MVectorTrainer:
             raise ConfigError(f"dataset_conf.batch_size: {dataset_conf['batch_size']} is more than the "
                               f"{len(self.dataset)} training samples per process in {train_list}; no full batch")
 
-        self.featurizer = build_featurizer(conf)
-        model_conf = conf["model_conf"]
-        self.backbone = build_backbone(model_conf["model"], self.featurizer.feature_dim, **model_conf["model_args"])
-        self.classifier = build_classifier(model_conf["classifier"], self.backbone.embd_dim, self.num_classes,
-                                           **model_conf["classifier_args"])
-        self.loss = build_loss(conf["loss_conf"]["loss"], **conf["loss_conf"]["loss_args"])
-        check_pairing(self.loss, self.classifier, conf)
-        spec_augment = augmentation.spec
-        self.graph = TrainGraph(self.wave_augment, self.featurizer, spec_augment, self.backbone, self.classifier,
-                                self.loss, distillation["weight"]).to(self.device)
+        self.graph = build_train_graph(conf, self.num_classes, augmentation, distillation["weight"]).to(self.device)
+        self.featurizer, self.backbone = self.graph.featurizer, self.graph.backbone
+        self.classifier, self.loss = self.graph.classifier, self.graph.loss
         self.teacher = None
         if distillation["teacher"] is not None:
             # Rank 0 embeds and caches; the other ranks then read the cache.
@@ -288,10 +124,7 @@ class MVectorTrainer:
             if not self.ctx.is_main:
                 self.teacher = teacher_table(distillation["teacher"], self.dataset, self.model_dir, self.device,
                                              progress=False)
-        # The parts of model.pth; a loss part only for losses with tensors of their own (SphereFace2's bias).
-        self.parts = {"backbone": self.backbone, "classifier": self.classifier}
-        if self.loss.state_dict():
-            self.parts["loss"] = self.loss
+        self.parts = self.graph.parts
 
         opt_conf = conf["optimizer_conf"]
         try:
@@ -307,7 +140,7 @@ class MVectorTrainer:
         use_scaler = train_conf["amp"] and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.margin_scheduler = self._build_margin_scheduler()
-        self.evaluator = SpeakerEmbedder(self.featurizer, self.backbone)
+        self.evaluator = self.graph.embedder()
 
     def _build_margin_scheduler(self):
         args = self.config["loss_conf"]["margin_scheduler_args"]
