@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 
-from mvector.library.store import DB_FILE, VoiceprintDB
+from mvector.library.folder import DB_FILE
+from mvector.library.store import VoiceprintDB
 
 BULK_ROWS = 50_000
 

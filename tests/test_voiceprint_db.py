@@ -19,8 +19,9 @@ from disk_helpers import fill, mounted_small_disk
 from mvector.errors import MVectorError
 from mvector.library import index as search_index
 from mvector.library.index import SearchIndex, exhaustive
-from mvector.library.store import (DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, UserNameError, VoiceprintDB,
-                                  VoiceprintError)
+from mvector.library.folder import DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX
+from mvector.library.names import UserNameError, VoiceprintError
+from mvector.library.store import VoiceprintDB
 
 pytestmark = pytest.mark.integration
 
@@ -553,7 +554,7 @@ def small_disk(tmp_path):
 
 
 def test_on_a_full_disk_users_can_still_be_erased_and_writes_fail_clearly(small_disk):
-    from mvector.library.store import VoiceprintStorageError
+    from mvector.library.names import VoiceprintStorageError
 
     library = small_disk / "db"
     rng = np.random.default_rng(11)

@@ -22,129 +22,34 @@ score a query against an in-memory float32 matrix of all voiceprints with one ma
 """
 
 import contextlib
-import errno
-import io
 import os
-import re
 import shutil
 import sqlite3
 import threading
 import time
-import unicodedata
 import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
 from mvector.audio import load_audio
-from mvector.errors import MVectorError
-from mvector.fileio import fsync_dir
+from mvector.library.folder import AUDIO_SUFFIX, DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, AudioFolder
 from mvector.library.index import SearchIndex
+from mvector.library.names import VoiceprintError, VoiceprintStorageError, check_new_user_name, normalize_user_name
+from mvector.library.sqlite import get_meta, open_database, set_meta, storage_error, transaction, truncate_wal
+
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; one process at a time is all it can share safely.
     fcntl = None
 
-DB_FILE = "voiceprints.sqlite"
 LOCK_FILE = ".lock"
-TMP_PREFIX = ".tmp-"
-ERASING_PREFIX = ".erasing-"
-QUARANTINE_DIR = ".quarantine"
-# Space set aside so that erasing a user works on a full disk (erasure is a legal duty for biometric
-# data, and SQLite needs room in its WAL to delete): released when a deletion finds the disk full,
-# set aside again when space allows.
-RESERVE_PREFIX = ".reserve-"
-RESERVE_CHUNKS = 4
-RESERVE_CHUNK_BYTES = 1 << 20
-# Where the lock file cannot be held (no flock), a temporary audio file with no row is deleted only when
-# this old: a younger one may be a registration still in flight in another process. With the lock held
-# exclusively, none can be (writers hold it shared from their temporary file to its final name).
-TMP_GRACE_SECONDS = 3600
-AUDIO_SUFFIX = ".flac"
-MAX_NAME_LENGTH = 128
-SCHEMA_VERSION = "1"
 # Waveforms handed to embed_fn per call while re-embedding: bounded memory, batched model calls.
 REEMBED_BATCH = 16
-BUSY_TIMEOUT_MS = 30_000
 
-_ID = re.compile(r"[0-9a-f]{32}")
-_AUDIO_NAME = re.compile(r"[0-9a-f]{32}" + re.escape(AUDIO_SUFFIX))
-# Unicode categories a name may not contain: control characters, surrogates, line breaks.
-_FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
-# Scripts with letters that look alike: a new name may use one of them, not several.
-_CONFUSABLE_SCRIPTS = {"LATIN", "GREEK", "CYRILLIC"}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    folder TEXT NOT NULL UNIQUE,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS enrolments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    file TEXT NOT NULL UNIQUE,
-    embedding BLOB NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS enrolments_by_user ON enrolments(user_id);
-"""
-
-
-class VoiceprintError(MVectorError):
-    """The voiceprint library cannot do what was asked: unreadable database, wrong embedding
-    size, a model change it cannot follow."""
-
-
-class VoiceprintStorageError(VoiceprintError):
-    """The library's disk refused a write: full, read-only, or failing."""
-
-
-class UserNameError(VoiceprintError, ValueError):
-    """A user name that is empty, too long, or could be mistaken for a path."""
-
-
-def normalize_user_name(name) -> str:
-    """The canonical form of a user name (NFC, surrounding whitespace removed), or UserNameError.
-
-    Names never become paths (user folders are internal ids); refusing path-like names anyway
-    keeps any later tool that does use them safe."""
-    if not isinstance(name, str):
-        raise UserNameError(f"user name must be a string, got {type(name).__name__} {name!r}")
-    canonical = unicodedata.normalize("NFC", name).strip()
-    if not canonical:
-        raise UserNameError(f"user name {name!r} is empty")
-    if len(canonical) > MAX_NAME_LENGTH:
-        raise UserNameError(f"user name {canonical[:20]!r}... is {len(canonical)} characters long, "
-                            f"more than {MAX_NAME_LENGTH}")
-    if canonical in (".", ".."):
-        raise UserNameError(f"user name {name!r} is a path component, not a name")
-    if "/" in canonical or "\\" in canonical:
-        raise UserNameError(f"user name {name!r} contains a path separator ('/' or '\\')")
-    bad = [c for c in canonical if unicodedata.category(c) in _FORBIDDEN_CATEGORIES]
-    if bad:
-        raise UserNameError(f"user name {name!r} contains control character(s) {bad!r}")
-    return canonical
-
-
-def check_new_user_name(name: str) -> None:
-    """Refuse a new user whose name could pass for another's: invisible or text-direction characters
-    (``Alice`` + U+200B prints as ``Alice``), or letters from more than one of the Latin, Greek and
-    Cyrillic scripts (Cyrillic ``А`` looks like Latin ``A``). Existing users keep their names."""
-    hidden = [f"U+{ord(c):04X}" for c in name if unicodedata.category(c) == "Cf"]
-    if hidden:
-        raise UserNameError(f"user name {name!r} contains invisible or text-direction character(s) "
-                            f"{', '.join(hidden)}, which would make it print like another name")
-    scripts = {unicodedata.name(c, "").split(" ")[0] for c in name if c.isalpha()} & _CONFUSABLE_SCRIPTS
-    if len(scripts) > 1:
-        raise UserNameError(f"user name {name!r} mixes {' and '.join(sorted(s.title() for s in scripts))} "
-                            f"letters, which look alike; write it in one script")
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -167,6 +72,7 @@ class VoiceprintDB:
         self.sample_rate = sample_rate
         self.progress = progress
         self._lock = threading.RLock()
+        self.folder = AudioFolder(self.path, sample_rate)
         self._index = SearchIndex()
         self._conn = None
         self._lock_fd = None
@@ -178,13 +84,13 @@ class VoiceprintDB:
             raise VoiceprintError(f"voiceprint library path {self.path} is not a folder")
         try:
             self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-            self._check_database_present()
+            self.folder.check_database_present()
             # On a full disk the erasure reserve makes room to open, so users can still be erased.
-            self._conn = self._with_reserve(self._connect)
+            self._conn = self._with_reserve(lambda: open_database(self.path))
             self._sweep()
             self._follow_model()
             self._load()
-            self._set_reserve_aside()
+            self.folder.set_reserve_aside()
         except BaseException:
             self.close()
             raise
@@ -204,10 +110,10 @@ class VoiceprintDB:
             outside_change = self._changed_elsewhere()
             try:
                 try:
-                    self._write_audio(tmp, wav)
+                    self.folder.write_audio(tmp, wav)
                 except OSError as exc:
-                    raise self._storage_error(f"writing the enrolment audio of user {name!r}", exc) from None
-                with self._transaction() as conn:
+                    raise storage_error(self.path, f"writing the enrolment audio of user {name!r}", exc) from None
+                with transaction(self._live_conn(), self.path) as conn:
                     self._check_same_model(conn)
                     self._check_dimension(conn, len(vector))
                     row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
@@ -226,7 +132,7 @@ class VoiceprintDB:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            self._place_audio(tmp, folder, file)
+            self.folder.place_audio(tmp, folder, file)
             if outside_change:
                 self._load()
             else:
@@ -238,7 +144,7 @@ class VoiceprintDB:
         their embeddings in the database files. False when there is no such user."""
         name = normalize_user_name(name)
         erased = self._with_reserve(lambda: self._erase(name))
-        self._set_reserve_aside()
+        self.folder.set_reserve_aside()
         return erased
 
     def _with_reserve(self, write):
@@ -247,7 +153,7 @@ class VoiceprintDB:
             try:
                 return write()
             except VoiceprintStorageError:
-                if not self._release_reserve():
+                if not self.folder.release_reserve():
                     raise
 
     def _erase(self, name: str) -> bool:
@@ -255,22 +161,22 @@ class VoiceprintDB:
             outside_change = self._changed_elsewhere()
             row = None
             try:
-                with self._transaction() as conn:
+                with transaction(self._live_conn(), self.path) as conn:
                     row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
                     if row is not None:
                         conn.execute("DELETE FROM enrolments WHERE user_id = ?", (row[0],))
                         conn.execute("DELETE FROM users WHERE id = ?", (row[0],))
                         # Marked before the commit: a folder under this name whose user is gone was
                         # erased, and the next open may finish deleting it.
-                        self._rename_folder(row[1], ERASING_PREFIX + row[1])
+                        self.folder.rename_folder(row[1], ERASING_PREFIX + row[1])
                     outside_change = outside_change or self._changed_elsewhere()
             except BaseException:
                 if row is not None:
-                    self._rename_folder(ERASING_PREFIX + row[1], row[1])
+                    self.folder.rename_folder(ERASING_PREFIX + row[1], row[1])
                 raise
             if row is None:
                 return False
-            self._truncate_wal()
+            truncate_wal(self._live_conn(), self.path)
             shutil.rmtree(self.path / (ERASING_PREFIX + row[1]), ignore_errors=True)
             if outside_change:
                 self._load()
@@ -332,96 +238,10 @@ class VoiceprintDB:
 
     # ----- database ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        db = self.path / DB_FILE
-        try:
-            conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise VoiceprintError(f"{db}: cannot switch to WAL journal mode (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA secure_delete = ON")  # deleted voiceprints are overwritten, not freed
-            conn.execute("PRAGMA foreign_keys = ON")
-            with self._transaction(conn):
-                for statement in _SCHEMA.split(";"):  # executescript would commit mid-transaction
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-                version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise VoiceprintError(f"{db}: schema version {version}, this mvector reads {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            if "disk I/O error" in str(exc) or "full" in str(exc):
-                raise VoiceprintStorageError(f"voiceprint library {self.path}: cannot open {DB_FILE} for writing "
-                                             f"({exc}): the disk may be full or failing") from None
-            raise VoiceprintError(f"{db}: not a usable voiceprint database ({exc})") from None
-        return conn
-
-    @contextlib.contextmanager
-    def _transaction(self, conn: sqlite3.Connection = None):
-        """One write transaction, taken up front (IMMEDIATE) so it never fails half-way on a lock."""
-        conn = conn or self._live_conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise VoiceprintError(f"{self.path / DB_FILE}: cannot start a transaction ({exc})") from None
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise self._storage_error("writing", exc) from None
-            raise
-
-    def _storage_error(self, doing: str, exc: Exception) -> VoiceprintError:
-        """One clear error for a failed write; a full disk says so."""
-        text = str(exc)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "full" in text.lower():
-            return VoiceprintStorageError(f"voiceprint library {self.path}: the disk is full while {doing}; "
-                                          f"free some space and try again (erasing users still works)")
-        if isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
-            return VoiceprintError(f"{self.path / DB_FILE}: the database is damaged ({text}); restore it from a "
-                                   f"backup (sqlite3 .recover can salvage rows)")
-        return VoiceprintStorageError(f"voiceprint library {self.path}: {doing} failed ({text})")
-
-    def _release_reserve(self) -> bool:
-        """Free one chunk of the space set aside for erasures; False when none is left."""
-        chunks = sorted(self.path.glob(RESERVE_PREFIX + "*"))
-        if not chunks:
-            return False
-        chunks[-1].unlink()
-        return True
-
-    def _set_reserve_aside(self) -> None:
-        """Set aside the erasure reserve's missing chunks, as far as space allows (best effort)."""
-        for index in range(RESERVE_CHUNKS):
-            chunk = self.path / f"{RESERVE_PREFIX}{index}"
-            if chunk.is_file() and chunk.stat().st_size == RESERVE_CHUNK_BYTES:
-                continue
-            try:
-                with open(chunk, "wb") as fh:
-                    fh.write(bytes(RESERVE_CHUNK_BYTES))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError:
-                chunk.unlink(missing_ok=True)
-                return
-
     def _live_conn(self) -> sqlite3.Connection:
         if self._conn is None:
             raise VoiceprintError(f"voiceprint library {self.path} is closed")
         return self._conn
-
-    def _meta(self, conn, key: str):
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    def _set_meta(self, conn, key: str, value) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
 
     def _data_version(self) -> int:
         return self._live_conn().execute("PRAGMA data_version").fetchone()[0]
@@ -431,30 +251,19 @@ class VoiceprintDB:
         return self._data_version() != self._loaded_version
 
     def _check_same_model(self, conn) -> None:
-        stored = self._meta(conn, "fingerprint")
+        stored = get_meta(conn, "fingerprint")
         if self.fingerprint is not None and stored is not None and stored != self.fingerprint:
             raise VoiceprintError(
                 f"{self.path}: was re-embedded with another model (fingerprint {stored}) while open "
                 f"with model {self.fingerprint}; reopen the library to follow it")
 
     def _check_dimension(self, conn, dim: int) -> None:
-        stored = self._meta(conn, "embd_dim")
+        stored = get_meta(conn, "embd_dim")
         if stored is None:
-            self._set_meta(conn, "embd_dim", dim)
+            set_meta(conn, "embd_dim", dim)
         elif int(stored) != dim:
             raise VoiceprintError(f"{self.path}: embedding has {dim} dimensions but the library holds "
                                   f"{stored}-dimensional voiceprints")
-
-    def _truncate_wal(self) -> None:
-        """Checkpoint the WAL into the database and cut it to zero bytes, so old page images
-        (with erased embeddings) do not linger in it. Retries while readers hold old pages."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while self._live_conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
-            if time.monotonic() > deadline:
-                warnings.warn(f"{self.path / DB_FILE}: another connection kept the write-ahead log busy; "
-                              "erased data stays in it until the next checkpoint", stacklevel=3)
-                return
-            time.sleep(0.01)
 
     # ----- in-memory voiceprint matrix --------------------------------------------------------
 
@@ -536,109 +345,15 @@ class VoiceprintDB:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _write_audio(self, path: Path, wav: np.ndarray) -> None:
-        # 16-bit storage: clip rather than let the encoder wrap loud samples around. Encoded in memory
-        # first: a write error (a full disk) inside the encoder's callbacks would be swallowed there.
-        encoded = io.BytesIO()
-        sf.write(encoded, np.clip(wav, -1.0, 1.0), self.sample_rate, format="FLAC", subtype="PCM_16")
-        try:
-            with open(path, "wb") as fh:
-                fh.write(encoded.getbuffer())
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError:
-            path.unlink(missing_ok=True)
-            raise
-
-    def _place_audio(self, tmp: Path, folder: str, file: str) -> None:
-        (self.path / folder).mkdir(exist_ok=True)
-        os.replace(tmp, self.path / folder / file)
-        fsync_dir(self.path / folder)
-
-    def _rename_folder(self, old: str, new: str) -> None:
-        if (self.path / old).is_dir() and not (self.path / new).exists():
-            os.replace(self.path / old, self.path / new)
-            fsync_dir(self.path)
-
-    def _stored_audio(self) -> list:
-        """User folders, erasures in progress and quarantined audio in the library folder."""
-        names = [e for e in self.path.iterdir() if e.is_dir() and (
-            _ID.fullmatch(e.name) or e.name.startswith(ERASING_PREFIX))]
-        quarantine = self.path / QUARANTINE_DIR
-        return names + (list(quarantine.iterdir()) if quarantine.is_dir() else [])
-
-    def _check_database_present(self) -> None:
-        """A missing or empty database beside stored audio means the index of users was lost: opening a
-        fresh library there would orphan everyone's enrolment audio."""
-        db = self.path / DB_FILE
-        if db.is_file() and db.stat().st_size > 0:
-            return
-        stored = self._stored_audio()
-        if stored:
-            state = "is empty (0 bytes)" if db.is_file() else "is missing"
-            raise VoiceprintError(
-                f"voiceprint library {self.path}: {DB_FILE} {state}, but the folder holds the enrolment audio "
-                f"of {len(stored)} user folder(s); nothing was changed. Restore {DB_FILE} (with its -wal file) "
-                f"from a backup, or move the library's folders elsewhere to start an empty library here")
-
-    def _quarantine(self, entry: Path, relative: str) -> None:
-        target = self.path / QUARANTINE_DIR / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
-        os.replace(entry, target)
-
-    def _restore_quarantined(self, folders: set, placed: dict) -> None:
-        """Move quarantined audio back where the database (e.g. restored from a backup) expects it."""
-        quarantine = self.path / QUARANTINE_DIR
-        if not quarantine.is_dir():
-            return
-        for held in list(quarantine.iterdir()):
-            if not (held.is_dir() and held.name in folders):
-                continue
-            for audio in list(held.iterdir()):
-                if placed.get(audio.name) == held.name and not (self.path / held.name / audio.name).exists():
-                    (self.path / held.name).mkdir(exist_ok=True)
-                    os.replace(audio, self.path / held.name / audio.name)
-            with contextlib.suppress(OSError):
-                held.rmdir()  # only when everything went back
-        with contextlib.suppress(OSError):
-            quarantine.rmdir()
-
     def _sweep(self) -> None:
-        """Finish what a killed process left (see the module docstring); quarantine, never delete,
-        what the database does not know. Only names of the library's own patterns are touched: other
-        files in the folder stay."""
+        """The folder's crash recovery (``AudioFolder.sweep``), with the lock that keeps registrations out."""
         with self._file_lock(shared=False):
             conn = self._live_conn()
             folders = {folder for (folder,) in conn.execute("SELECT folder FROM users")}
             placed = dict(conn.execute("SELECT e.file, u.folder FROM enrolments e JOIN users u "
                                        "ON u.id = e.user_id"))
-            self._restore_quarantined(folders, placed)
-            unknown_folders, unknown_files = 0, 0
-            for entry in sorted(self.path.iterdir()):
-                if entry.name.startswith(TMP_PREFIX) and _AUDIO_NAME.fullmatch(entry.name[len(TMP_PREFIX):]):
-                    file = entry.name[len(TMP_PREFIX):]
-                    if file in placed:
-                        self._place_audio(entry, placed[file], file)
-                    elif self._lock_fd is not None and fcntl is not None or \
-                            time.time() - entry.stat().st_mtime > TMP_GRACE_SECONDS:
-                        entry.unlink(missing_ok=True)
-                elif entry.name.startswith(ERASING_PREFIX) and _ID.fullmatch(entry.name[len(ERASING_PREFIX):]):
-                    folder = entry.name[len(ERASING_PREFIX):]
-                    if folder in folders:  # the erasure never committed
-                        self._rename_folder(entry.name, folder)
-                    else:
-                        shutil.rmtree(entry, ignore_errors=True)
-                elif _ID.fullmatch(entry.name) and entry.is_dir():
-                    if entry.name not in folders:
-                        self._quarantine(entry, entry.name)
-                        unknown_folders += 1
-                        continue
-                    for stray in list(entry.iterdir()):
-                        if placed.get(stray.name) != entry.name:
-                            self._quarantine(stray, f"{entry.name}/{stray.name}")
-                            unknown_files += 1
+            unknown_folders, unknown_files = self.folder.sweep(
+                folders, placed, others_may_write=self._lock_fd is None or fcntl is None)
             if unknown_folders or unknown_files:
                 warnings.warn(
                     f"voiceprint library {self.path}: {unknown_folders} user folder(s) and {unknown_files} audio "
@@ -653,15 +368,15 @@ class VoiceprintDB:
         """Store the model fingerprint, or re-embed the library when it was built with another."""
         if self.fingerprint is None:
             return
-        with self._file_lock(shared=False), self._transaction() as conn:
-            stored = self._meta(conn, "fingerprint")
+        with self._file_lock(shared=False), transaction(self._live_conn(), self.path) as conn:
+            stored = get_meta(conn, "fingerprint")
             if stored == self.fingerprint:
                 return
             enrolments = conn.execute("SELECT e.id, u.name, u.folder, e.file FROM enrolments e "
                                       "JOIN users u ON u.id = e.user_id ORDER BY e.id").fetchall()
             if enrolments:
                 self._reembed(conn, stored, enrolments)
-            self._set_meta(conn, "fingerprint", self.fingerprint)
+            set_meta(conn, "fingerprint", self.fingerprint)
 
     def _reembed(self, conn, stored: str, enrolments: list) -> None:
         if self.embed_fn is None:
@@ -692,7 +407,7 @@ class VoiceprintDB:
                 conn.executemany("UPDATE enrolments SET embedding = ? WHERE id = ?",
                                  [(v.tobytes(), row[0]) for v, row in zip(_unit(vectors), batch)])
                 bar.update(len(batch))
-        self._set_meta(conn, "embd_dim", dim)
+        set_meta(conn, "embd_dim", dim)
 
     # ----- validation -------------------------------------------------------------------------
 

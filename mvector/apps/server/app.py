@@ -27,7 +27,7 @@ from mvector.apps.server.batcher import MicroBatcher
 from mvector.apps.server.guard import LOOPBACK_NAMES, HostOriginGuard
 from mvector.apps.server.limits import BodySizeLimit
 from mvector.apps.server.security import API_KEY_ENV, key_matches
-from mvector.library.store import UserNameError, VoiceprintStorageError, normalize_user_name
+from mvector.library.names import UserNameError, VoiceprintStorageError, normalize_user_name
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
