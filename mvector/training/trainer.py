@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 # Set to a directory to get, per rank, the utterance indices of every batch (rank<N>.tsv):
 # the way to check which data each DDP process trained on.
 TRACE_ENV = "MVECTOR_TRACE_BATCHES"

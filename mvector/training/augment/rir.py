@@ -8,23 +8,15 @@ from mvector.fileio import atomic_file
 
 
 RIR_CACHE_ENV = "MVECTOR_CACHE"
-
-
 # Simulated rooms: shoebox sizes (m) and reverberation times (s) of ordinary rooms. Image-source
 # order is capped so one RIR costs well under a second; the late tail it cuts is weak anyway.
 ROOM_MIN, ROOM_MAX = (3.0, 3.0, 2.5), (10.0, 8.0, 4.0)
 
 
 RT60_RANGE = (0.2, 0.8)
-
-
 MAX_IMAGE_ORDER = 30
-
-
 # An RIR is cut where its remaining energy falls 60 dB below the total, and at 1 s at most.
 RIR_TAIL_DB = 60.0
-
-
 RIR_MAX_SECONDS = 1.0
 
 

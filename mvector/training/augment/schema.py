@@ -43,8 +43,6 @@ AUG_SCHEMA = {
         "num_time_masks": Field((int,), 1),
     },
 }
-
-
 DEFAULT_SPEEDS = tuple(AUG_SCHEMA["speed"]["speeds"].default)
 
 
