@@ -155,6 +155,19 @@ def _coerce(value, types):
     return value, False
 
 
+def _check_sample_rates_agree(config: dict, where: str) -> None:
+    """Training crops audio at dataset_conf.sample_rate; the featurizer (and so the predictor) reads
+    audio at its own rate: a config where they differ would train on one rate and embed another."""
+    pre = config["preprocess_conf"]
+    featurizer = _lazy("mvector.features", "FEATURIZERS")()[pre["feature_method"]]
+    default = inspect.signature(featurizer).parameters.get("sample_rate")
+    rate = pre["method_args"].get("sample_rate", None if default is None else default.default)
+    if rate is not None and rate != config["dataset_conf"]["sample_rate"]:
+        raise ConfigError(f"{where}: 'dataset_conf.sample_rate' is {config['dataset_conf']['sample_rate']} but the "
+                          f"featurizer reads audio at {rate} Hz ('preprocess_conf.method_args.sample_rate'); "
+                          f"set them to the same rate")
+
+
 def _check_embedding_windows(config: dict, where: str) -> None:
     data = config["dataset_conf"]
     window, hop = data["embed_window"], data["embed_hop"]
@@ -201,6 +214,7 @@ def validate(data, schema, where: str, path=()):
             check_kwargs(cls, out[key], where=f"{where}: '{'.'.join(path + (key,))}': ")
             _coerce_numeric_args(cls, out[key])
     if schema is SCHEMA:
+        _check_sample_rates_agree(out, where)
         _check_embedding_windows(out, where)
     return out
 

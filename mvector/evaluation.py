@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mvector.audio import audio_duration, load_audio
+from mvector.audio.spec import AudioSpec
 from mvector.embedder import window_starts
 from mvector.errors import AudioError, MVectorError
 from mvector.lists import read_labelled_list, read_trials
@@ -173,11 +174,10 @@ def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device
 
 
 def _extraction_settings(config, batch_size, num_workers):
-    data = config["dataset_conf"]
+    data, spec = config["dataset_conf"], AudioSpec.from_config(config)
     return dict(batch_size=batch_size or data["eval_batch_size"], max_duration=data["eval_max_duration"],
                 num_workers=data["num_workers"] if num_workers is None else num_workers,
-                normalize_db=data["target_db"] if data["use_db_normalization"] else None, vad=data["do_vad"],
-                window=data["embed_window"], hop=data["embed_hop"])
+                normalize_db=spec.target_db, vad=spec.vad, window=spec.window_seconds, hop=spec.hop_seconds)
 
 
 def cohort_embeddings(embedder, cohort_list, config, device="cpu", *, batch_size=None, num_workers=None,

@@ -40,7 +40,7 @@ status=0
 train "$TRAIN_SECONDS" "$@" || status=$?
 # A torch.compile that fails on that machine's torch must not cost the call: go on without it.
 left=$((TRAIN_SECONDS - (SECONDS - start)))
-if [ "$status" -eq 1 ] && grep -q "torch.compile failed" "$LOG" && [ "$left" -ge 10 ]; then
+if [ "$status" -eq 2 ] && grep -q "torch.compile failed" "$LOG" && [ "$left" -ge 10 ]; then
   echo "retrying without torch.compile for the ${left} s left" | tee -a "$LOG"
   rm -rf "$RUN"
   status=0

@@ -136,3 +136,15 @@ def test_missing_and_broken_files_are_named(tmp_path):
     bad.write_text("model_conf: [unclosed")
     with pytest.raises(ConfigError, match="bad.yml"):
         load_config(bad)
+
+
+def test_a_featurizer_rate_that_differs_from_the_training_rate_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"'dataset_conf.sample_rate' is 8000 but the featurizer reads audio at 16000"):
+        load_config(write(tmp_path, {"dataset_conf": {"sample_rate": 8000}}))
+    agreed = load_config(write(tmp_path, {"dataset_conf": {"sample_rate": 8000},
+                                          "preprocess_conf": {"method_args": {"sample_rate": 8000}}}))
+    from mvector.audio.spec import AudioSpec
+
+    spec = AudioSpec.from_config(agreed)
+    assert spec.sample_rate == 8000 and spec.load_options["target_sample_rate"] == 8000
+    assert spec.with_windows(4.0) == AudioSpec(8000, spec.target_db, spec.vad, 4.0, 2.0)

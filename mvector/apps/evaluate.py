@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+from mvector.audio.spec import AudioSpec
 from mvector.errors import MVectorError
 
 # The dataset_conf keys --configs may set; the rest of the config belongs to the trained model.
@@ -33,18 +34,13 @@ def _trials(trials, config, fallback_trials) -> Path:
 
 
 def _windows(config, window_seconds, hop_seconds) -> dict:
-    """The windows to embed with: the options, else the model config's; checked like the config's."""
-    data = config["dataset_conf"]
-    window = data["embed_window"] if window_seconds is None else window_seconds
-    if hop_seconds is not None:
-        hop = hop_seconds
-    else:
-        hop = data["embed_hop"] if window_seconds is None else window / 2
-    if not window > 0:
-        raise MVectorError(f"--window_seconds must be > 0, got {window}")
-    if not 0 < hop <= window:
-        raise MVectorError(f"--hop_seconds must be in (0, window={window}], got {hop}")
-    return {"window_seconds": window, "hop_seconds": hop}
+    """The windows to embed with: the options (a window alone hops by half of it), else the model config's."""
+    spec = AudioSpec.from_config(config).with_windows(window_seconds, hop_seconds)
+    if not spec.window_seconds > 0:
+        raise MVectorError(f"--window_seconds must be > 0, got {spec.window_seconds}")
+    if not 0 < spec.hop_seconds <= spec.window_seconds:
+        raise MVectorError(f"--hop_seconds must be in (0, window={spec.window_seconds}], got {spec.hop_seconds}")
+    return {"window_seconds": spec.window_seconds, "hop_seconds": spec.hop_seconds}
 
 
 def evaluate(model_dir=None, model=None, configs=None, trials=None, enroll_list=None, trials_list=None,

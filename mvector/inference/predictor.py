@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mvector.audio import DEFAULT_MAX_DURATION, load_audio
+from mvector.audio.spec import AudioSpec
 from mvector.inference.backends import BACKENDS
 from mvector.embedder import window_starts
 from mvector.device import wants_gpu
@@ -124,17 +125,15 @@ class MVectorPredictor:
         self.sample_rate = self._backend.sample_rate
         self.embd_dim = self._backend.embd_dim
         self.batch_size = batch_size
-        data = self.config["dataset_conf"]
-        window_seconds = data["embed_window"] if window_seconds is None else window_seconds
-        hop_seconds = data["embed_hop"] if hop_seconds is None else hop_seconds
+        self.audio_spec = AudioSpec.from_config(self.config)
+        window_seconds = self.audio_spec.window_seconds if window_seconds is None else window_seconds
+        hop_seconds = self.audio_spec.hop_seconds if hop_seconds is None else hop_seconds
         if not window_seconds >= MIN_DURATION:
             raise ConfigError(f"window_seconds must be >= {MIN_DURATION} s, got {window_seconds!r}")
         if not 0 < hop_seconds <= window_seconds:
             raise ConfigError(f"hop_seconds must be in (0, window_seconds={window_seconds}], got {hop_seconds!r}")
         self._window = int(round(window_seconds * self.sample_rate))
         self._hop = int(round(hop_seconds * self.sample_rate))
-        self._target_db = data["target_db"] if data["use_db_normalization"] else None
-        self._vad = data["do_vad"]
         self.threshold = self._model_threshold() if threshold is None else threshold
         self.audio_db_path = audio_db_path
         self._voiceprints = None
@@ -172,8 +171,8 @@ class MVectorPredictor:
         """``audio`` as the model hears it: mono float32 at its rate, normalised and VAD-trimmed as
         its config says; AudioError naming the input when unusable, shorter than MIN_DURATION or
         longer than ``max_duration`` seconds (decoding stops there)."""
-        return load_audio(audio, sample_rate, target_sample_rate=self.sample_rate, min_duration=MIN_DURATION,
-                          max_duration=max_duration, normalize_db=self._target_db, vad=self._vad)
+        return load_audio(audio, sample_rate, min_duration=MIN_DURATION, max_duration=max_duration,
+                          **self.audio_spec.load_options)
 
     def predict(self, audio, sample_rate=None) -> np.ndarray:
         """One L2-normalised float32 embedding ``[E]``."""
@@ -239,8 +238,8 @@ class MVectorPredictor:
         """Identifies the embedding space (model and windows): the voiceprint library re-embeds when
         it changes."""
         model = self._backend.fingerprint()
-        data = self.config["dataset_conf"]
-        configured = tuple(int(round(data[key] * self.sample_rate)) for key in ("embed_window", "embed_hop"))
+        spec = self.audio_spec
+        configured = (spec.samples(spec.window_seconds), spec.samples(spec.hop_seconds))
         if (self._window, self._hop) == configured:
             return model
         return hashlib.sha256(f"{model} window={self._window} hop={self._hop}".encode()).hexdigest()[:16]

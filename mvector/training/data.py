@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvector.audio import load_audio
+from mvector.audio.spec import AudioSpec
 from mvector.training.augment import DEFAULT_SPEEDS
 from mvector.training.corpus import probe_durations
 from mvector.errors import AudioError, ConfigError
@@ -58,14 +59,14 @@ class SpeakerCropDataset(Dataset):
         self.list_path = str(list_path)
         self.speed_perturb = speed_perturb
         self.seed = int(seed) % (1 << 64)
-        self.sample_rate = int(dataset_conf["sample_rate"])
+        spec = AudioSpec.from_dataset_conf(dataset_conf)
+        self.sample_rate = spec.sample_rate
         self.min_duration = float(dataset_conf["min_duration"])
         self.max_duration = float(dataset_conf["max_duration"])
         if not 0 < self.min_duration <= self.max_duration:
             raise ConfigError(f"dataset_conf: need 0 < min_duration <= max_duration, got "
                               f"{self.min_duration} and {self.max_duration}")
-        self.target_db = dataset_conf["target_db"] if dataset_conf["use_db_normalization"] else None
-        self.do_vad = bool(dataset_conf["do_vad"])
+        self.target_db, self.do_vad = spec.target_db, spec.vad
         self.speed_as_classes = bool(dataset_conf["speed_perturb_as_classes"])
         if preload_dtype not in PRELOAD_DTYPES:
             raise ConfigError(f"preload_dtype must be one of {', '.join(PRELOAD_DTYPES)}, got {preload_dtype!r}")
