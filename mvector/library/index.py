@@ -14,8 +14,8 @@ try:
 except ImportError:  # optional: without it every search is the exhaustive float32 product
     faiss = None
 else:
-    # One query is a single memory-bound pass: OpenMP threads only add wake-ups (19 ms instead of
-    # 2.5 ms at 100k users on a busy 2-core machine).
+    # One query is a single memory-bound pass: OpenMP threads only add wake-ups, several times
+    # slower on a busy machine (bench/search.py measures it).
     faiss.omp_set_num_threads(1)
 
 FAISS_MIN_ROWS = 20_000

@@ -1,10 +1,13 @@
 """The one place the training model is assembled: waveform augmentation, features, SpecAugment,
 backbone, classifier head and loss as one module (the trainer, curation and bench/train_gpu.py build it
-here), and what goes in and out of its checkpoints' weights."""
+here), what goes in and out of its checkpoints' weights, and torch.compile's failures explained."""
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
 from mvector.embedder import SpeakerEmbedder, build_featurizer
-from mvector.errors import ConfigError, ModelMismatchError
+from mvector.errors import ConfigError, ModelMismatchError, MVectorError
 from mvector.losses import build_loss
 from mvector.model_dir import split_weights
 from mvector.models import build_backbone
@@ -116,3 +119,17 @@ def load_pretrained(parts: dict, weights: dict, allow_partial: bool = False, whe
         raise ModelMismatchError(f"{where}: {backbone_problems} backbone tensor(s) do not fit this model "
                                  f"(e.g. {report[0]}); pass --allow_partial to load the rest anyway")
     return loaded, report
+
+
+@contextmanager
+def compile_errors_explained(compiling: bool):
+    """torch.compile fails deep inside the compiler (no C++ compiler for the CPU, an operator this
+    torch cannot compile): one line that says how to train without it, not a traceback from there."""
+    try:
+        yield
+    except Exception as exc:
+        if compiling and isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+            detail = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise MVectorError(f"torch.compile failed on this machine ({detail.strip()}); train without it: "
+                               f"--override train_conf.use_compile=false") from exc
+        raise

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from mvector.training.curation import check_curation_conf, curated_exclusions
 from mvector.training.data import SpeakerCropDataset, build_train_loader
 from mvector.training.distillation import check_distillation_conf, init_head_from_teacher, teacher_table
 from mvector.training.distributed import init_distributed, shutdown_distributed
-from mvector.training.graph import build_train_graph, load_pretrained, model_weights
+from mvector.training.graph import build_train_graph, compile_errors_explained, load_pretrained, model_weights
 
 
 logger = logging.getLogger(__name__)
@@ -44,20 +43,6 @@ AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # Set to a directory to get, per rank, the utterance indices of every batch (rank<N>.tsv):
 # the way to check which data each DDP process trained on.
 TRACE_ENV = "MVECTOR_TRACE_BATCHES"
-
-
-@contextmanager
-def compile_errors_explained(compiling: bool):
-    """torch.compile fails deep inside the compiler (no C++ compiler for the CPU, an operator this
-    torch cannot compile): one line that says how to train without it, not a traceback from there."""
-    try:
-        yield
-    except Exception as exc:
-        if compiling and isinstance(exc, torch._dynamo.exc.TorchDynamoException):
-            detail = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise MVectorError(f"torch.compile failed on this machine ({detail.strip()}); train without it: "
-                               f"--override train_conf.use_compile=false") from exc
-        raise
 
 
 class MVectorTrainer:
