@@ -14,7 +14,8 @@ def parse_args(argv=None):
                         help="corpus folder (default: ../shared/data beside this checkout, when present)")
     parser.add_argument("--out_dir", default="dataset", help="where the lists are written")
     parser.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS],
-                        help="corpus layout; auto recognises shared, cnceleb and voxceleb, else speaker folders")
+                        help="corpus layout; auto recognises shared (train/ and dev/ sets), list (one set's list.tsv), cnceleb "
+                             "and voxceleb, else speaker folders")
     parser.add_argument("--train_dir", default=None, help="training set folder, relative to data_root or absolute")
     parser.add_argument("--dev_dir", default=None, help="evaluation set folder, relative to data_root or absolute")
     parser.add_argument("--num_threads", type=int, default=16, help="threads probing audio durations")

@@ -224,3 +224,29 @@ def test_cli(tmp_path):
     failed = subprocess.run([sys.executable, str(REPO / "create_data.py"), "--data_root", str(tmp_path / "none")],
                             cwd=tmp_path, env=env, capture_output=True, text=True)
     assert failed.returncode != 0 and "is not a directory" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_a_set_with_its_own_list_is_read_as_such_and_one_speaker_is_refused(tmp_path):
+    corpus = tmp_path / "set"
+    for speaker, count in (("a", 2), ("b", 1)):
+        for i in range(count):
+            write_audio(corpus / "wav" / speaker / f"{i}.wav", seed=i)
+    (corpus / "list.tsv").write_text("wav/a/0.wav\tspk_a\nwav/a/1.wav\tspk_a\nwav/b/0.wav\tspk_b\n", encoding="utf-8")
+    report = create_data_lists(corpus, tmp_path / "lists")
+    assert report.layout == "list" and report.num_train == 3
+    assert set(json.loads((tmp_path / "lists" / "speakers.json").read_text()).values()) == {"spk_a", "spk_b"}
+    (corpus / "list.tsv").write_text("wav/a/0.wav\tspk_a\nwav/a/1.wav\tspk_a\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"has 1 speaker \(spk_a\).*at least 2"):
+        create_data_lists(corpus, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_lists_name_files_through_a_symlinked_root(tmp_path):
+    real = tmp_path / "real"
+    for speaker in ("a", "b"):
+        write_audio(real / speaker / "x.wav")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    create_data_lists(link, tmp_path / "lists", layout="folders")
+    paths = [row.split("\t")[0] for row in (tmp_path / "lists" / "train_list.txt").read_text().splitlines()]
+    assert paths and all(p.startswith(str(link) + os.sep) for p in paths)

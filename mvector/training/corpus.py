@@ -26,6 +26,8 @@ from mvector.fileio import atomic_file, read_list_lines
 from mvector.lists import read_speaker_list, read_trials, write_rows
 from mvector.registry import Registry
 
+# A speaker model learns to tell speakers apart: a training set of one speaker teaches it nothing.
+MIN_TRAIN_SPEAKERS = 2
 # Generated trials keep every target pair and this many times as many random non-target pairs,
 # the proportion of the shared dev trials.
 NONTARGET_PER_TARGET = 10
@@ -91,7 +93,9 @@ def default_data_root(script_dir) -> Path:
 def create_data_lists(data_root, out_dir="dataset", layout="auto", train_dir=None, dev_dir=None,
                       num_threads=16) -> DataListsReport:
     """Find the corpus under ``data_root``, probe every file and write the lists into ``out_dir``."""
-    root = Path(data_root).expanduser().resolve()
+    # Absolute but not resolved: lists name files through the folders the user gave (a symlinked
+    # ../shared stays symlinked), as trial lists written beside them do.
+    root = Path(os.path.abspath(Path(data_root).expanduser()))
     if not root.is_dir():
         raise ConfigError(f"data_root {root} is not a directory")
     name = detect_layout(root) if layout == "auto" else layout
@@ -107,11 +111,16 @@ def create_data_lists(data_root, out_dir="dataset", layout="auto", train_dir=Non
     if not train:
         raise MVectorError(f"none of the {len(corpus.train)} training files under {root} is readable; "
                            f"first: {skipped[0][0]} ({skipped[0][1]})")
+    speakers = {u.speaker for u in train}
+    if len(speakers) < MIN_TRAIN_SPEAKERS:
+        raise ConfigError(f"{root} (layout '{name}'): the training set has {len(speakers)} speaker "
+                          f"({', '.join(sorted(speakers))}); a speaker model learns to tell speakers apart and "
+                          f"needs at least {MIN_TRAIN_SPEAKERS}")
 
     trials = corpus.trials if corpus.trials is not None else generate_trials(enroll, test)
     kept_trials = [t for t in trials if t[0] in durations and t[1] in durations]
 
-    out = Path(out_dir).expanduser().resolve()
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))
     out.mkdir(parents=True, exist_ok=True)
     train_labels = speaker_labels(train)
     files = [_write_list(out / "train_list.txt", train, train_labels, durations),
@@ -241,6 +250,24 @@ class SharedLayout:
         elif dev_dir:
             raise ConfigError(f"--dev_dir: {dev_root / 'list.tsv'} not found")
         return corpus
+
+
+@LAYOUTS.register(name="list")
+class ListLayout:
+    """One set with its own ``list.tsv`` (``relative/path<TAB>speaker_id``), like each set in
+    ``../shared/data``: all of it is training data, and its ``trials.tsv``, when there is one, is
+    not used (its speakers are the training speakers)."""
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / "list.tsv").is_file()
+
+    @staticmethod
+    def collect(root: Path, train_dir=None, dev_dir=None) -> Corpus:
+        if train_dir or dev_dir:
+            raise ConfigError(f"list layout: {root / 'list.tsv'} is the whole set; --train_dir and --dev_dir "
+                              "do not apply (use a folder with train/ and dev/ sets for both)")
+        return Corpus(train=[Utterance(*row) for row in read_speaker_list(root / "list.tsv")])
 
 
 @LAYOUTS.register(name="cnceleb")

@@ -78,6 +78,9 @@ class SpeakerCropDataset(Dataset):
         if not entries:
             raise ConfigError(f"data list {list_path} has no entries")
         self.num_base_speakers = max(label for _, label, _ in entries) + 1
+        if len({label for _, label, _ in entries}) < 2:
+            raise ConfigError(f"data list {list_path}: every utterance has label {entries[0][1]}; training "
+                              f"tells speakers apart and needs at least two (create_data.py refuses such a set)")
         speed_classes = speed_perturb.num_speed_classes if speed_perturb is not None else 1 + len(DEFAULT_SPEEDS)
         self.num_speakers = self.num_base_speakers * (speed_classes if self.speed_as_classes else 1)
 
