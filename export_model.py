@@ -2,7 +2,9 @@
 the feature front-end inside the graph, config.yml and model.state written beside.
 
     python export_model.py --model_dir models/CAMPPlus_Fbank/best_model --out_dir exported/ --formats onnx,torchscript
-    python export_model.py --model_dir ... --formats onnx --int8_calibration ../shared/data/dev/list.tsv
+    python export_model.py --model_dir ... --formats onnx --int8_calibration ../shared/data/train/list.tsv
+
+Calibrate int8 on training speech, never on the evaluation set (its figures would flatter the graph).
 """
 import sys
 

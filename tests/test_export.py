@@ -240,3 +240,23 @@ def test_every_backbone_exports_to_onnx_matching_pytorch_at_unseen_lengths(confi
         feeds = {INPUT_NAMES[0]: waves.numpy(), INPUT_NAMES[1]: lengths.numpy()}
         for run in engines.values():
             assert_same_embeddings(run(feeds), expected)
+
+
+def test_the_missing_graph_hint_is_a_command_whose_output_then_loads(model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MVectorError) as error:
+        MVectorPredictor(model_dir, backend="onnx")
+    command = re.search(r"export the model with (python export_model\.py .*?), then give (\S+) as", str(error.value))
+    assert command, str(error.value)
+    argv = shlex.split(command.group(1))
+    done = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "torchvision" not in done.stderr  # torch's exporter notes on operators a speaker model never uses
+    assert MVectorPredictor(tmp_path / command.group(2), backend="onnx").embd_dim == MVectorPredictor(model_dir).embd_dim

@@ -103,15 +103,22 @@ class ExportedGraphBackend:
     """
 
     default_file = ONNX_FILE
-    how_to_write = "export_model.py --model_dir {model_dir} --formats onnx"
+    how_to_write = "python export_model.py --model_dir {model_dir} --out_dir {exported} --formats onnx"
+
+    def _exported(self) -> Path:
+        return Path("exported") / self.model_dir.name  # beside the user, never inside an installed package
+
+    def _how_to_write(self) -> str:
+        return self.how_to_write.format(model_dir=self.model_dir, exported=self._exported())
 
     def __init__(self, model_dir, use_gpu: bool = False, onnx_path=None):
         self.model_dir = Path(model_dir)
         self.config, _, self.state = read_model_dir(self.model_dir)
         self.onnx_path = Path(onnx_path) if onnx_path is not None else self.model_dir / self.default_file
         if not self.onnx_path.is_file():
-            raise MVectorError(f"{self.onnx_path}: ONNX file not found; write it with "
-                               f"{self.how_to_write.format(model_dir=self.model_dir)} or pass onnx_path")
+            raise MVectorError(f"{self.onnx_path}: ONNX file not found; export the model with "
+                               f"{self._how_to_write()}, then give {self._exported()} as the model directory "
+                               f"(from Python, MVectorPredictor(onnx_path=FILE) also takes the file itself)")
         inputs, outputs, self.embd_dim, recorded = self._open(use_gpu)
         self._fingerprint = model_fingerprint(self.model_dir)
         if recorded != self._fingerprint:
@@ -119,7 +126,7 @@ class ExportedGraphBackend:
                       "records no source model (exported before mvector recorded one)")
             raise ModelMismatchError(f"{self.onnx_path} {source}, not from the weights in {self.model_dir} "
                                      f"(fingerprint {self._fingerprint}); write it again with "
-                                     f"{self.how_to_write.format(model_dir=self.model_dir)}")
+                                     f"{self._how_to_write()}")
         if inputs != INPUT_NAMES or outputs != (OUTPUT_NAME,):
             raise ModelMismatchError(f"{self.onnx_path}: expected inputs {INPUT_NAMES} and output {OUTPUT_NAME!r}, "
                                      f"got inputs {inputs} and outputs {outputs}; was it written by mvector.inference.export?")
@@ -169,7 +176,8 @@ class Int8Graph:
     calibration files)."""
 
     default_file = INT8_ONNX_FILE
-    how_to_write = "export_model.py --model_dir {model_dir} --formats onnx --int8_calibration AUDIO"
+    how_to_write = ("python export_model.py --model_dir {model_dir} --out_dir {exported} --formats onnx "
+                    "--int8_calibration TRAINING_AUDIO")
 
 
 @BACKENDS.register(name="onnx-int8")

@@ -14,6 +14,7 @@ complete model directory: config and state travel with the graphs.
 Each written graph is loaded back and checked against PyTorch on a batch of lengths other than
 those it was traced with.
 """
+import logging
 import math
 import shutil
 import warnings
@@ -34,6 +35,7 @@ from mvector.registry import Registry
 EXPORT_FORMATS = Registry("export format")
 DEFAULT_FORMATS = ("onnx", "torchscript")
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+TORCH_ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 PT2_FILE = "model.pt2"
 # An exported graph whose embeddings are further than this from PyTorch's is a failed export.
 MIN_COSINE = 0.9999
@@ -105,11 +107,19 @@ def export_onnx(exporter: _Exporter, out_dir: Path) -> Path:
         except ImportError:
             raise MVectorError(f"{module} is not installed; {ONNX_INSTALL_HINT}") from None
     path = out_dir / ONNX_FILE
-    with warnings.catch_warnings():
-        # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
-        warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
-        program = torch.onnx.export(exporter.program(), exporter.example, input_names=list(INPUT_NAMES),
-                                    output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
+    # torch's exporter logs that torchvision's operators cannot be registered without torchvision: a
+    # speaker model uses none of them, so the four lines would only alarm.
+    registration = logging.getLogger(TORCH_ONNX_REGISTRATION_LOGGER)
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
+            program = torch.onnx.export(exporter.program(), exporter.example, input_names=list(INPUT_NAMES),
+                                        output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
+    finally:
+        registration.setLevel(level)
     program.model.metadata_props[FINGERPRINT_KEY] = exporter.fingerprint
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
