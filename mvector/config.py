@@ -63,7 +63,8 @@ SCHEMA = {
         "aug_conf_path": Field(OPT_STR, "configs/augmentation.yml"),
         "speed_perturb_as_classes": Field((bool,), False),
         "batch_size": Field((int,), 64),
-        "num_workers": Field((int,), 4),
+        # Audio decoding processes; null: as many as the machine has cores, up to 4 (device.loader_workers).
+        "num_workers": Field(OPT_INT, None),
         # Decode the whole training set into memory once (int16): no per-epoch decoding, which on
         # a GPU would starve it (Opus decoding is slow); costs 2 bytes per sample.
         "preload": Field((bool,), False),
@@ -114,6 +115,8 @@ SCHEMA = {
         "grad_clip": Field(OPT_NUM, 5.0),
         "log_interval": Field((int,), 50),
         "save_every_steps": Field(OPT_INT, 1000),
+        # epoch_N/ checkpoints kept: the newest this many (averaging takes the last five); null keeps all.
+        "keep_epochs": Field(OPT_INT, 5),
         "eval_every_epochs": Field((int,), 1),
         "seed": Field((int,), 1000),
         "curation": {
@@ -168,6 +171,14 @@ def _check_sample_rates_agree(config: dict, where: str) -> None:
                           f"set them to the same rate")
 
 
+def _check_counts(config: dict, where: str) -> None:
+    for dotted, low in (("dataset_conf.num_workers", 0), ("train_conf.keep_epochs", 1)):
+        section, key = dotted.split(".")
+        value = config[section][key]
+        if value is not None and value < low:
+            raise ConfigError(f"{where}: '{dotted}' must be null or at least {low}, got {value!r}")
+
+
 def _check_embedding_windows(config: dict, where: str) -> None:
     data = config["dataset_conf"]
     window, hop = data["embed_window"], data["embed_hop"]
@@ -215,6 +226,7 @@ def validate(data, schema, where: str, path=()):
             _coerce_numeric_args(cls, out[key])
     if schema is SCHEMA:
         _check_sample_rates_agree(out, where)
+        _check_counts(out, where)
         _check_embedding_windows(out, where)
     return out
 

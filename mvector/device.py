@@ -1,4 +1,6 @@
-"""The one choice of torch device, for training, inference and the scripts."""
+"""The one choice of torch device and of data-loading processes, for training, inference and the scripts."""
+import os
+
 import torch
 
 from mvector.errors import ConfigError
@@ -24,3 +26,15 @@ def choose_device(use_gpu=False, local_rank: int = 0) -> torch.device:
 def wants_gpu(use_gpu) -> bool:
     """``use_gpu`` in any of ``choose_device``'s words, as the yes or no the inference backends take."""
     return choose_device(use_gpu).type == "cuda"
+
+
+# More decoding processes than this rarely help a CPU front-end; fewer cores than processes only
+# makes PyTorch warn and the processes fight.
+MAX_LOADER_WORKERS = 4
+
+
+def loader_workers(configured=None) -> int:
+    """``dataset_conf.num_workers``, or when it is None as many as the machine has cores, up to 4."""
+    if configured is not None:
+        return int(configured)
+    return min(MAX_LOADER_WORKERS, os.cpu_count() or 1)

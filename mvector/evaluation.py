@@ -19,6 +19,7 @@ from tqdm import tqdm
 from mvector.audio import audio_duration, load_audio
 from mvector.audio.spec import AudioSpec
 from mvector.embedder import window_starts
+from mvector.device import loader_workers
 from mvector.errors import AudioError, MVectorError
 from mvector.lists import read_labelled_list, read_trials
 from mvector.metrics import (AS_NORM_TOP_K, apply_as_norm, cohort_stats, cosine_score_matrix, det_curve,
@@ -176,7 +177,7 @@ def extract_embeddings(embedder, paths, batch_size=32, max_duration=20.0, device
 def _extraction_settings(config, batch_size, num_workers):
     data, spec = config["dataset_conf"], AudioSpec.from_config(config)
     return dict(batch_size=batch_size or data["eval_batch_size"], max_duration=data["eval_max_duration"],
-                num_workers=data["num_workers"] if num_workers is None else num_workers,
+                num_workers=loader_workers(data["num_workers"] if num_workers is None else num_workers),
                 normalize_db=spec.target_db, vad=spec.vad, window=spec.window_seconds, hop=spec.hop_seconds)
 
 

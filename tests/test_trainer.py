@@ -126,8 +126,9 @@ def test_loss_decreases_when_overfitting_a_tiny_set(data):
         "dataset_conf.batch_size=8", "dataset_conf.max_duration=1.0", "loss_conf.loss=CELoss",
         "loss_conf.loss_args={}", "model_conf.classifier=Linear", "model_conf.classifier_args={}",
         "optimizer_conf.optimizer_args.lr=0.003", "optimizer_conf.scheduler=WarmupConstantLR",
-        "optimizer_conf.scheduler_args={}"]
+        "optimizer_conf.scheduler_args={}", "train_conf.keep_epochs=3"]
     run = train(data.dir / "tiny_run", overrides)
+    assert sorted(p.name for p in run.dir.glob("epoch_*")) == ["epoch_6", "epoch_7", "epoch_8"]  # the newest three
     losses = [v for _, v in scalars(run.log, "train/loss")]
     assert len(losses) == 8 * run.trainer.steps_per_epoch
     assert np.mean(losses[-4:]) < 0.4 * np.mean(losses[:2])

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mvector.device import loader_workers
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.lists import read_loss_file
 from mvector.losses.base import MarginLoss
@@ -118,7 +119,7 @@ def score_losses(model_dir, train_list=None, device="cpu", batch_size=None, max_
     size = batch_size or data_conf["eval_batch_size"]
     batches = [order[i:i + size] for i in range(0, len(order), size)]
     loader = DataLoader(_CentralCrops(dataset, max_samples), batch_sampler=batches, collate_fn=collate_waveforms,
-                        num_workers=data_conf["num_workers"] if num_workers is None else num_workers)
+                        num_workers=loader_workers(data_conf["num_workers"] if num_workers is None else num_workers))
     embedder, classifier, loss_fn = embedder.to(device).eval(), classifier.to(device).eval(), loss_fn.to(device)
     losses = {}
     with torch.inference_mode():

@@ -10,6 +10,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mvector.config import apply_overrides, config_from_dict, load_config
+from mvector.device import loader_workers
 from mvector.errors import ConfigError, MVectorError, ModelMismatchError
 from mvector.evaluation import evaluate_trials
 from mvector.losses import MarginScheduler
@@ -88,7 +90,7 @@ class MVectorTrainer:
         check_distillation_conf(distillation, speed_perturb)
         self.dataset = SpeakerCropDataset(train_list, dataset_conf, speed_perturb=speed_perturb, seed=seed)
         self.num_classes = self.dataset.num_speakers
-        self.loader = build_train_loader(self.dataset, dataset_conf["batch_size"], dataset_conf["num_workers"],
+        self.loader = build_train_loader(self.dataset, dataset_conf["batch_size"], loader_workers(dataset_conf["num_workers"]),
                                          seed=seed, distributed=self.ctx.is_distributed, drop_last=True)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
@@ -438,3 +440,17 @@ class MVectorTrainer:
         # Only rank 0 knows the metrics; the others' names only decide nothing (rank 0 writes).
         self._save(names, epoch, len(self.loader), epoch_complete=True)
         self._log(f"epoch {epoch} done at step {self.global_step}; saved {', '.join(names)}")
+        if self.ctx.is_main:
+            self._prune_epochs()
+
+    def _prune_epochs(self) -> None:
+        """Keep the newest ``train_conf.keep_epochs`` epoch_N/ checkpoints (an 80 MB model a epoch adds up)."""
+        keep = self.train_conf["keep_epochs"]
+        if keep is None:
+            return
+        epochs = sorted((int(p.name.split("_", 1)[1]), p) for p in self.model_dir.glob("epoch_*")
+                        if p.is_dir() and p.name.split("_", 1)[1].isdigit())
+        for _, old in epochs[:max(0, len(epochs) - keep)]:
+            shutil.rmtree(old)
+        if len(epochs) > keep:
+            self._log(f"removed {len(epochs) - keep} older epoch checkpoint(s); train_conf.keep_epochs={keep}")
