@@ -37,8 +37,7 @@ def run(capsys, *argv):
 def test_scripted_register_recognize_list_remove(tmp_path, model_dir, utterances, capsys):
     a1, a2, b1 = utterances
     common = ["--model_dir", model_dir, "--audio_db_path", tmp_path / "db"]
-    assert run(capsys, "--recognize", "--audio", a1, *common)[:2] == (
-        EXIT_NOT_RECOGNISED, "Not recognised: the voiceprint library is empty\n")
+    assert run(capsys, "--recognize", "--audio", a1, *common)[0] == EXIT_ERROR  # no library there yet
     assert run(capsys, "--register", "夜雨飘零", "--audio", a1, *common)[:2] == (EXIT_OK, "Registered: 夜雨飘零\n")
     assert run(capsys, "--register", "bob", "--audio", b1, *common)[0] == EXIT_OK
 
@@ -85,9 +84,14 @@ def test_voices_enrolled_with_torch_are_recognised_through_openvino(tmp_path, mo
     (["--register", "  "], "is empty"),
     (["--recognize", "--audio", "missing.wav"], "missing.wav: file not found"),
     (["--list", "--model_dir", "no/such/model"], "is not a model directory"),
+    (["--register", ""], "user name '' is empty"),
+    (["--remove", ""], "user name '' is empty"),
 ])
 def test_errors_are_one_line_and_exit_2(tmp_path, model_dir, utterances, capsys, argv, message):
-    if "--audio" not in argv and argv[0] != "--list":
+    from mvector.library.store import VoiceprintDB
+
+    VoiceprintDB(tmp_path / "db").close()  # an existing, empty library
+    if "--audio" not in argv and argv[0] not in ("--list", "--remove"):
         argv = argv + ["--audio", str(utterances[0])]
     if "--model_dir" not in argv:
         argv = argv + ["--model_dir", str(model_dir)]
@@ -95,6 +99,16 @@ def test_errors_are_one_line_and_exit_2(tmp_path, model_dir, utterances, capsys,
     assert code == EXIT_ERROR
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("action", [["--list"], ["--recognize", "--audio", "x.wav"], ["--remove", "alice"]])
+def test_a_library_that_does_not_exist_is_named_not_created(tmp_path, capsys, action):
+    mistyped = tmp_path / "audio_bd"
+    code, _, err = run(capsys, *action, "--audio_db_path", mistyped)
+    assert code == EXIT_ERROR and err == (f"error: no voiceprint library at {mistyped} (no voiceprints.sqlite there); "
+                                          f"register someone first (--register NAME), or give the library's folder "
+                                          f"as --audio_db_path\n")
+    assert not mistyped.exists()
 
 
 @pytest.mark.parametrize("argv", [["--audio", "x.wav"], ["--list", "--audio", "x.wav"],

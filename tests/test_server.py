@@ -159,6 +159,23 @@ def test_an_unknown_backend_is_one_line_and_nothing_is_opened(model_dir, tmp_pat
     assert not (tmp_path / "db").exists()
 
 
+def test_a_port_out_of_range_or_busy_is_one_line_before_the_model_loads(tmp_path, capsys):
+    import socket
+
+    from mvector.apps.server.serve import serve
+
+    assert serve(port=99999, model_dir=tmp_path / "no_model", audio_db_path=tmp_path / "db") == 2
+    assert capsys.readouterr().err == "error: --port must be at most 65535, got 99999\n"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve(port=port, model_dir=tmp_path / "no_model", audio_db_path=tmp_path / "db") == 2
+    assert capsys.readouterr().err == (f"error: cannot listen on 127.0.0.1:{port}: another program is using that "
+                                       f"port; stop it or choose another --port\n")
+    assert not (tmp_path / "db").exists()
+
+
 @pytest.mark.data
 def test_bad_uploads(client, utterances):
     def register(content, name="carol", filename="x.wav"):

@@ -16,6 +16,8 @@ import sys
 from mvector.apps import microphone
 from mvector.apps.cli import add_backend_argument, add_device_argument, add_model_arguments, script_parser
 from mvector.errors import AudioError, MVectorError
+from mvector.library.folder import DB_FILE, library_exists
+from mvector.library.names import normalize_user_name
 
 EXIT_OK = 0
 EXIT_NOT_RECOGNISED = 1
@@ -42,7 +44,9 @@ def build_parser():
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
                         help="length of each microphone recording in seconds")
     add_model_arguments(parser)
-    parser.add_argument("--audio_db_path", default="audio_db/", help="voiceprint library folder")
+    parser.add_argument("--audio_db_path", default="audio_db/",
+                        help="voiceprint library folder, relative to the current folder; --register creates it, "
+                             "the other actions need it to exist")
     add_device_argument(parser)
     add_backend_argument(parser)
     return parser
@@ -177,14 +181,20 @@ def main(argv=None) -> int:
     """Run the app with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.audio is not None and not (args.register or args.recognize):
+    if args.audio is not None and args.register is None and not args.recognize:
         parser.error("--audio goes with --register or --recognize")
     if not args.seconds > 0:
         parser.error(f"--seconds must be a positive number, got {args.seconds:g}")
-    uses_microphone = args.audio is None and not (args.list or args.remove)
+    uses_microphone = args.audio is None and not args.list and args.remove is None
     try:
         if uses_microphone:
             microphone.check_audio_server()  # fail in a moment, before the model loads
+        for name in (args.register, args.remove):
+            if name is not None:
+                normalize_user_name(name)  # an empty or path-like name fails before anything loads
+        if (args.list or args.recognize or args.remove is not None) and not library_exists(args.audio_db_path):
+            raise MVectorError(f"no voiceprint library at {args.audio_db_path} (no {DB_FILE} there); register "
+                               f"someone first (--register NAME), or give the library's folder as --audio_db_path")
         from mvector.inference.predictor import MVectorPredictor
 
         with MVectorPredictor(model_dir=args.model_dir, audio_db_path=args.audio_db_path,

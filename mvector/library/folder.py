@@ -36,6 +36,11 @@ _ID = re.compile(r"[0-9a-f]{32}")
 _AUDIO_NAME = re.compile(r"[0-9a-f]{32}" + re.escape(AUDIO_SUFFIX))
 
 
+def library_exists(path) -> bool:
+    """Whether ``path`` holds a voiceprint library (its database), as opposed to a mistyped folder."""
+    return (Path(path) / DB_FILE).is_file()
+
+
 class AudioFolder:
     """The files of the library at ``path``, whose audio is stored at ``sample_rate``."""
 

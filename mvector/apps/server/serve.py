@@ -4,6 +4,8 @@ The checks that need neither FastAPI nor torch (the key, the bind address, the l
 so a wrong command line fails in a moment with one line on stderr and exit status 2.
 """
 
+import errno
+import socket
 import sys
 
 from mvector.errors import ConfigError, MVectorError
@@ -11,6 +13,26 @@ from mvector.apps.server.guard import parse_allowed_hosts
 from mvector.apps.server.security import check_bind, is_loopback, resolve_api_key
 
 EXIT_ERROR = 2
+MAX_PORT = 65535
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once (as uvicorn will, address reuse on): a busy port or an address this
+    machine does not have is one line, not uvicorn's log and traceback after the model has loaded."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            busy = exc.errno == errno.EADDRINUSE
+            raise ConfigError(f"cannot listen on {host}:{port}: "
+                              + ("another program is using that port; stop it or choose another --port" if busy
+                                 else f"{exc.strerror}")) from None
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_path="audio_db/",
@@ -26,6 +48,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
                               ("--max_concurrency", max_concurrency), ("--port", port)):
             if not value > 0:
                 raise ConfigError(f"{option} must be positive, got {value}")
+        if port > MAX_PORT:
+            raise ConfigError(f"--port must be at most {MAX_PORT}, got {port}")
+        check_can_listen(host, port)  # before the model loads, not after as uvicorn would find out
         try:
             import uvicorn
 
