@@ -4,10 +4,18 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 version = {}
+
+
+def requirements(name):
+    return [line.strip() for line in (here / name).read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
 exec((here / "mvector" / "__init__.py").read_text(encoding="utf-8"), version)
 
 setup(
-    name="mvector",
+    # Not "mvector": that name on the package index is the reference toolkit's (VoiceprintRecognition-
+    # Pytorch), so `pip install -U mvector` would replace this package with it. The import name stays mvector.
+    name="mvector-sv",
     version=version["__version__"],
     description="Speaker verification (voiceprint recognition) for PyTorch: features, backbones, "
                 "training, evaluation and a durable voiceprint library",
@@ -17,11 +25,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mvector", "mvector.*"]),
     package_data={"mvector": ["pretrained/*/*", "apps/server/static/*"]},
-    install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
-                      if line.strip() and not line.startswith("#")],
+    install_requires=requirements("requirements.txt"),
     extras_require={
-        "test": ["pytest", "kaldi-native-fbank", "httpx", "onnx", "onnxscript", "onnxruntime", "openvino",
-                 "fastapi", "uvicorn", "python-multipart", "selenium"],
+        "test": requirements("requirements-test.txt"),
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # Exporting (and int8 quantization) writes and checks the graph with the onnx extra's packages.
         "openvino": ["onnx", "onnxscript", "onnxruntime", "openvino"],
