@@ -29,8 +29,8 @@ setup(
     extras_require={
         "test": requirements("requirements-test.txt"),
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
-        # Exporting (and int8 quantization) writes and checks the graph with the onnx extra's packages.
-        "openvino": ["onnx", "onnxscript", "onnxruntime", "openvino"],
+        # Exporting for OpenVINO (and int8 quantization) writes and checks the ONNX graph with these.
+        "openvino": ["onnx", "onnxscript", "onnxruntime"],
         "server": ["fastapi", "uvicorn", "python-multipart"],
     },
     classifiers=[

@@ -8,7 +8,9 @@
 For each backbone (its config in configs/, random weights) and each shape (one 3 s utterance,
 16 of them in one call, one 10 s utterance) it times ``MVectorPredictor.predict`` /
 ``predict_batch`` on numpy arrays, i.e. the whole user-facing path: loudness normalisation,
-padding, Fbank, backbone, L2 normalisation. Paths: ``eager`` (the torch backend as shipped),
+padding, Fbank, backbone, L2 normalisation. Paths: ``eager`` (the torch backend, BatchNorms kept),
+``default`` (what ``MVectorPredictor(model_dir)`` runs unless told otherwise: backend ``auto``, on
+the CPU the model converted for OpenVINO straight from torch and cached),
 ``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.batchnorm_fusion.fuse_batchnorm``),
 ``onnx`` (``mvector.inference.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``),
 ``openvino`` (the same graph compiled by OpenVINO, float32, ``INFERENCE_NUM_THREADS=--threads``)
@@ -22,13 +24,19 @@ One figure per line, the value last: ``<backbone> <path> <shape> <metric> <value
   peak_fraction  that GFLOP/s over the fp32 matmul peak measured at the start of the same run
   cosine_vs_eager  lowest cosine between the path's embeddings and the eager ones (same inputs)
   ratio_vs_peer  this path's xRT / the reference toolkit's (``--peer-python``), same run and inputs
+  lowest_default_ratio_vs_peer  per backbone, the default path's lowest ratio over the shapes
+The first lines, ``startup <backend> - <metric> <seconds>``, time a fresh process: ``import_s``
+(``from mvector import MVectorPredictor``), ``load_s`` (``MVectorPredictor()``, the packaged model,
+converted beforehand) and ``first_embedding_s`` (its first ``predict`` of 3 s), for ``auto`` and ``torch``.
 ``--peer-python`` runs bench/peer_infer.py under the interpreter of a venv holding the reference
 toolkit (PyPI ``mvector==1.1.7``; recipe in bench/README.md): its predictor, its packaged config
 of the same name, random weights, the same arrays and thread count.
 """
 import argparse
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mvector.inference.backends import import_onnxruntime
+from mvector.inference.backends import ConvertedOpenVinoBackend, import_onnxruntime
 from mvector.config import load_config
 from mvector.embedder import build_embedder
 from mvector.errors import MVectorError
@@ -119,6 +127,15 @@ def embed(predictor, batch) -> np.ndarray:
 @PATHS.register(name="eager")
 def eager_path(model_dir, workdir, threads, calibration=None):
     return MVectorPredictor(model_dir, fuse_batchnorm=False)
+
+
+@PATHS.register(name="default")
+def default_path(model_dir, workdir, threads, calibration):
+    """What a user gets without asking: MVectorPredictor(model_dir), i.e. backend 'auto'."""
+    predictor = MVectorPredictor(model_dir)
+    if isinstance(predictor._backend, ConvertedOpenVinoBackend):
+        predictor._backend.compile(str(predictor._backend.converted_path), INFERENCE_NUM_THREADS=threads)
+    return predictor
 
 
 @PATHS.register(name="fused")
@@ -252,12 +269,47 @@ def bench_backbone(name, config_path, args, peak, workload):
     if "error" in peer:
         print(f"note: {name}: no peer figures: {peer['error']}", file=sys.stderr)
         return
+    default_ratios = []
     for shape, result in peer.items():
         peer_xrt = result["audio_seconds"] / result["seconds"]
         figure(name, "peer", shape, "xRT", f"{peer_xrt:.1f}")
         figure(name, "peer", shape, "GFLOP_per_call", f"{result['flops'] / 1e9:.3f}")
         for path, by_shape in xrt.items():
             figure(name, path, shape, "ratio_vs_peer", f"{by_shape[shape] / peer_xrt:.2f}")
+            if path == "default":
+                default_ratios.append(by_shape[shape] / peer_xrt)
+    if default_ratios:
+        figure(name, "default", "all", "lowest_default_ratio_vs_peer", f"{min(default_ratios):.2f}")
+
+
+STARTUP = """
+import sys, time
+import numpy as np
+start = time.perf_counter()
+from mvector import MVectorPredictor
+imported = time.perf_counter()
+predictor = MVectorPredictor(backend=sys.argv[1])
+loaded = time.perf_counter()
+predictor.predict(np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1, 16000)
+done = time.perf_counter()
+print(imported - start, loaded - imported, done - loaded)
+"""
+
+
+def startup_figures(threads):
+    """A fresh process per backend on the packaged default model; the first ``auto`` process only warms
+    the cache (it converts the model for OpenVINO the first time ever), the second is measured."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    results = {}
+    for backend in ("auto", "auto", "torch"):
+        done = subprocess.run([sys.executable, "-c", STARTUP, backend], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            print(f"note: startup {backend}: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        results[backend] = dict(zip(("import_s", "load_s", "first_embedding_s"), map(float, done.stdout.split())))
+    for backend, timings in results.items():
+        for metric, seconds in timings.items():
+            figure("startup", backend, "-", metric, f"{seconds:.3f}")
 
 
 def main():
@@ -280,6 +332,7 @@ def main():
     figure("cpu", "isa", "-", "extensions", cpu_extensions())
     peak = matmul_peak_gflops()
     figure("matmul", "fp32", f"{MATMUL_SIZE}x{MATMUL_SIZE}", "peak_GFLOPs", f"{peak:.1f}")
+    startup_figures(args.threads)
     workload = make_workload()
     for name in args.backbones:
         bench_backbone(name, configs[name], args, peak, workload)

@@ -8,6 +8,15 @@ from pathlib import Path
 from mvector.errors import MVectorError
 
 
+CACHE_ENV = "MVECTOR_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where mvector keeps what it can rebuild (the simulated RIR bank, models converted for OpenVINO,
+    downloads): ``$MVECTOR_CACHE``, else ``~/.cache/mvector``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mvector")
+
+
 def fsync_dir(path) -> None:
     """Flush a directory's entries, so a rename into it survives a power cut."""
     fd = os.open(path, os.O_RDONLY)

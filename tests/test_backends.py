@@ -98,8 +98,8 @@ def test_predictor_folds_batchnorm_at_load_by_default_with_the_same_embeddings(t
 
     model_dir = _resnet_dir(tmp_path / "model")  # its convolutions feed BatchNorms directly
     waves = [coloured_noise(s, seed=i) for i, s in enumerate((1.5, 1.0, 2.2))]
-    plain = MVectorPredictor(model_dir, fuse_batchnorm=False)
-    fused = MVectorPredictor(model_dir, fuse_batchnorm=fuse_batchnorm)
+    plain = MVectorPredictor(model_dir, backend="torch", fuse_batchnorm=False)
+    fused = MVectorPredictor(model_dir, backend="torch", fuse_batchnorm=fuse_batchnorm)
     assert _batchnorms(fused) < _batchnorms(plain)
     np.testing.assert_allclose(fused.predict_batch(waves, sample_rate=16000),
                                plain.predict_batch(waves, sample_rate=16000), atol=1e-4)
@@ -114,7 +114,7 @@ def test_folding_that_would_change_outputs_warns_by_default_and_fails_when_requi
     unfolded = _batchnorms(MVectorPredictor(model_dir, fuse_batchnorm=False))
     monkeypatch.setattr(batchnorm_fusion, "MAX_RELATIVE_ERROR", -1.0)  # every fold now counts as a change
     with pytest.warns(UserWarning, match="fuse_batchnorm: folding .* changed its outputs"):
-        predictor = MVectorPredictor(model_dir)
+        predictor = MVectorPredictor(model_dir, backend="torch")
     assert _batchnorms(predictor) == unfolded
     with pytest.raises(MVectorError, match="changed its outputs"):
         MVectorPredictor(model_dir, fuse_batchnorm=True)

@@ -141,7 +141,7 @@ def test_openvino_refuses_a_gpu_a_broken_file_and_a_missing_install(onnx_dir, mo
     with pytest.raises(ModelMismatchError, match="broken.onnx: cannot load the ONNX model"):
         MVectorPredictor(model_dir, backend="openvino", onnx_path=broken)
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
-    with pytest.raises(MVectorError, match=r"openvino is not installed.*pip install 'mvector\[openvino\]'"):
+    with pytest.raises(MVectorError, match=r"openvino is not installed.*a dependency of mvector-sv: pip install openvino"):
         MVectorPredictor(onnx_dir, backend="openvino")
 
 

@@ -89,7 +89,7 @@ class _TqdmHandler(logging.StreamHandler):
 
 # mvector.inference.backends.BACKENDS' names, written out so that a script's --help imports no torch (a test
 # keeps the two alike).
-BACKEND_NAMES = ("torch", "onnx", "openvino", "onnx-int8", "openvino-int8")
+BACKEND_NAMES = ("auto", "torch", "onnx", "openvino", "onnx-int8", "openvino-int8")
 
 
 THRESHOLD_HELP = ("same-speaker threshold: a cosine in [-1, 1], or an operating point the model ships: eer (the "
@@ -109,12 +109,13 @@ def add_model_arguments(parser, threshold=True) -> None:
 
 def add_backend_argument(parser) -> None:
     """``--backend`` for the scripts that embed through MVectorPredictor."""
-    parser.add_argument("--backend", default="torch",
-                        help=f"inference backend: {', '.join(BACKEND_NAMES)} (torch; the others run a "
-                             "directory written by export_model.py, openvino the fastest float32 path on x86 CPUs)")
+    parser.add_argument("--backend", default="auto",
+                        help="inference backend: auto (on the CPU the model converted for OpenVINO once and "
+                             "cached, else torch), torch, or onnx / openvino / onnx-int8 / openvino-int8 for a "
+                             "directory written by export_model.py")
 
 
-def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False, backend="torch", model=None):
+def contrast(audio_path1, audio_path2, model_dir=None, threshold=None, use_gpu=False, backend="auto", model=None):
     """Print the similarity of two recordings and the same-speaker decision."""
     from mvector.inference.predictor import MVectorPredictor
 
@@ -149,7 +150,7 @@ def import_checkpoint(source, checkpoint, out_dir, architecture=None, overwrite=
     print(f"imported {checkpoint} -> {path}")
 
 
-def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True, backend="torch",
+def extract(list_path, out_path, model_dir=None, batch_size=16, use_gpu=False, progress=True, backend="auto",
             model=None):
     """Embed every file of a list into an .npz; unusable files are reported on stderr and skipped."""
     from mvector.inference.extract import describe_failures, extract_to_npz

@@ -5,6 +5,10 @@ Every backend is built from a model directory and called as
 out), with ``sample_rate``, ``embd_dim``, ``config``, ``state`` and ``fingerprint()``. The feature
 front-end is inside each one, so the predictor never pairs weights with another front-end.
 """
+import logging
+import os
+import shutil
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -15,21 +19,25 @@ import torch
 from mvector.embedder import build_featurizer
 from mvector.device import choose_device
 from mvector.errors import MVectorError, ModelMismatchError
+from mvector.fileio import cache_dir
 from mvector.model_dir import load_embedder, model_fingerprint, read_model_dir
 from mvector.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = Registry("inference backend")
 
 # Names written by mvector.inference.export and looked up here.
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"  # written by mvector.inference.quantize
+CONVERTED_FILE = "model.xml"  # a model converted for OpenVINO, in the cache folder
 INPUT_NAMES = ("waveforms", "lengths")
 OUTPUT_NAME = "embeddings"
 # Metadata key of an exported graph: the fingerprint of the model directory it was exported from.
 FINGERPRINT_KEY = "mvector_fingerprint"
 
-ONNX_INSTALL_HINT = "ONNX needs onnx, onnxscript and onnxruntime: pip install 'mvector[onnx]'"
-OPENVINO_INSTALL_HINT = "the OpenVINO backends need openvino: pip install 'mvector[openvino]'"
+ONNX_INSTALL_HINT = "ONNX needs onnx, onnxscript and onnxruntime: pip install 'mvector-sv[onnx]'"
+OPENVINO_INSTALL_HINT = "the OpenVINO backends need openvino, a dependency of mvector-sv: pip install openvino"
 
 
 @BACKENDS.register(name="torch")
@@ -193,10 +201,21 @@ def import_openvino():
     return openvino
 
 
-@BACKENDS.register(name="openvino")
-class OpenVinoBackend(ExportedGraphBackend):
-    """The exported ``model.onnx`` compiled by OpenVINO for the CPU: the fastest float32 path on
-    x86 CPUs (bench/infer_cpu.py), with the same embeddings as ONNX Runtime.
+_openvino_core = None
+
+
+def openvino_core():
+    """The process's one OpenVINO Core: every model is read and compiled through it, so compiled
+    models never outlive the Core that made them."""
+    global _openvino_core
+    ov = import_openvino()  # every time: a clear error where it is not installed
+    if _openvino_core is None:
+        _openvino_core = ov.Core()
+    return _openvino_core
+
+
+class OpenVinoRunner:
+    """Runs a model read by OpenVINO on the CPU.
 
     Inference precision is pinned to float32: on CPUs with bf16 units OpenVINO would otherwise
     compute in bf16 and the embeddings would drift from the weights' own. Its cache of kernels
@@ -208,17 +227,35 @@ class OpenVinoBackend(ExportedGraphBackend):
     compile_options = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                        "CPU_RUNTIME_CACHE_CAPACITY": 16}
 
+    def compile(self, model, **options) -> None:
+        """Compile ``model`` (read by OpenVINO, or a file) for the CPU with ``compile_options`` and
+        any extra ``options`` (e.g. ``INFERENCE_NUM_THREADS``, ``CACHE_DIR``)."""
+        self._compiled = openvino_core().compile_model(model, "CPU", {**self.compile_options, **options})
+        # One infer request reused under a lock: a request is not thread-safe, and the server calls
+        # the predictor from several threads.
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._request.infer(ExportedGraphBackend._feeds(waveforms, lengths))[0]
+
+
+@BACKENDS.register(name="openvino")
+class OpenVinoBackend(OpenVinoRunner, ExportedGraphBackend):
+    """The exported ``model.onnx`` compiled by OpenVINO for the CPU, with the same embeddings as ONNX
+    Runtime (``OpenVinoRunner`` says how it runs)."""
+
     def _open(self, use_gpu: bool) -> tuple:
         if use_gpu:
             raise MVectorError("use_gpu=True: the OpenVINO backends run on the CPU; "
                                "use backend='torch' or 'onnx' on a CUDA GPU")
-        ov = import_openvino()
+        core = openvino_core()  # a clear error where OpenVINO is not installed, before the file is read
         try:
-            model = ov.Core().read_model(str(self.onnx_path))
+            model = core.read_model(str(self.onnx_path))
             self.compile(model)
         except Exception as exc:  # corrupt or foreign file: name it
             raise ModelMismatchError(f"{self.onnx_path}: cannot load the ONNX model ({exc})") from None
-        self._lock = threading.Lock()
         last = model.outputs[0].get_partial_shape()
         embd_dim = last[1].get_length() if last.rank.is_static and len(last) == 2 and last[1].is_static else None
         key = ["framework", FINGERPRINT_KEY]  # where OpenVINO's ONNX reader puts the metadata
@@ -226,19 +263,82 @@ class OpenVinoBackend(ExportedGraphBackend):
         return (tuple(i.get_any_name() for i in model.inputs), tuple(o.get_any_name() for o in model.outputs),
                 embd_dim, recorded)
 
-    def compile(self, model, **options) -> None:
-        """Compile ``model`` (read by OpenVINO, or a file) for the CPU with ``compile_options`` and
-        any extra ``options`` (e.g. ``INFERENCE_NUM_THREADS``)."""
-        self._compiled = import_openvino().Core().compile_model(model, "CPU", {**self.compile_options, **options})
-        # One infer request reused under a lock: a request is not thread-safe, and the server calls
-        # the predictor from several threads.
-        self._request = self._compiled.create_infer_request()
-
-    def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return self._request.infer(self._feeds(waveforms, lengths))[OUTPUT_NAME]
-
 
 @BACKENDS.register(name="openvino-int8")
 class Int8OpenVinoBackend(Int8Graph, OpenVinoBackend):
     """The int8 graph compiled by OpenVINO (int8 kernels where the CPU has them, e.g. VNNI)."""
+
+
+class OpenVinoUnavailable(MVectorError):
+    """OpenVINO is not installed here, or cannot convert this model faithfully: torch runs it instead."""
+
+
+class ConvertedOpenVinoBackend(OpenVinoRunner):
+    """The model directory's embedder converted for OpenVINO straight from torch (no export step),
+    kept in the cache folder under the model's fingerprint and OpenVINO's version: the first use of
+    a model converts it once (logged), every later one reads the converted model and OpenVINO's
+    compiled blob. A conversion whose embeddings drift from torch's is refused, not cached."""
+
+    def __init__(self, model_dir, use_gpu: bool = False):
+        if use_gpu:
+            raise MVectorError("use_gpu=True: the OpenVINO backends run on the CPU; use backend='torch' on a GPU")
+        self.model_dir = Path(model_dir)
+        self.config, _, self.state = read_model_dir(self.model_dir)  # a broken model directory is its own error
+        self._fingerprint = model_fingerprint(self.model_dir)
+        try:
+            ov = import_openvino()
+        except MVectorError as exc:
+            raise OpenVinoUnavailable(str(exc)) from None
+        folder = cache_dir() / "openvino" / f"{self._fingerprint}-{ov.__version__.split('-')[0]}"
+        if not (folder / CONVERTED_FILE).is_file():
+            self._convert(folder)
+        try:
+            model = openvino_core().read_model(str(folder / CONVERTED_FILE))
+        except Exception:  # a damaged cache entry (a disk that filled up): it is ours to convert again
+            shutil.rmtree(folder, ignore_errors=True)
+            self._convert(folder)
+            model = openvino_core().read_model(str(folder / CONVERTED_FILE))
+        self.converted_path = folder / CONVERTED_FILE
+        self.compile(model, CACHE_DIR=str(folder / "compiled"))
+        self.sample_rate = build_featurizer(self.config).sample_rate
+        self.embd_dim = model.outputs[0].get_partial_shape()[1].get_length()
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def _convert(self, folder: Path) -> None:
+        from mvector.inference.export import converted_for_openvino
+
+        # Loaded outside the fallback: weights that do not fit their config are an error for any backend.
+        embedder, _, _ = load_embedder(self.model_dir, "cpu")
+        logger.warning("%s: converting the model for OpenVINO, once (it is then read from %s)",
+                       self.model_dir, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            try:
+                converted_for_openvino(embedder, self._fingerprint, staging / CONVERTED_FILE)
+            except Exception as exc:  # an operator OpenVINO lacks, embeddings that drift: torch still runs it
+                raise OpenVinoUnavailable(f"converting it failed ({' '.join(str(exc).split()) or type(exc).__name__})"
+                                          ) from None
+            try:
+                os.replace(staging, folder)
+            except OSError:  # another process converted it meanwhile: theirs serves
+                if not (folder / CONVERTED_FILE).is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@BACKENDS.register(name="auto")
+def fastest_backend(model_dir, use_gpu: bool = False):
+    """What runs unless a backend is named: on the CPU the model converted for OpenVINO (the fastest
+    path with the same embeddings, bench/infer_cpu.py), else torch: on a GPU, or with one log line
+    when OpenVINO is not installed or cannot convert this model."""
+    if use_gpu:
+        return TorchBackend(model_dir, use_gpu=True)
+    try:
+        return ConvertedOpenVinoBackend(model_dir)
+    except OpenVinoUnavailable as exc:
+        logger.warning("%s: running it with torch instead of OpenVINO: %s", model_dir, exc)
+    return TorchBackend(model_dir)

@@ -25,7 +25,7 @@ import torch
 from torch.fx.experimental import _config as fx_config
 
 from mvector.inference.backends import (FINGERPRINT_KEY, INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME,
-                               import_onnxruntime)
+                                        import_onnxruntime, import_openvino, openvino_core)
 from mvector.errors import ConfigError, MVectorError
 from mvector.inference.batchnorm_fusion import noise_batch
 from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder, model_fingerprint
@@ -163,6 +163,23 @@ def parse_formats(formats) -> list:
     for name in names:
         EXPORT_FORMATS.get_class(name, where="export: ")
     return list(dict.fromkeys(names))
+
+
+def converted_for_openvino(embedder, fingerprint: str, path) -> Path:
+    """``embedder`` (of the model whose fingerprint is given) converted by OpenVINO from its
+    torch.export program (no ONNX in between), checked against torch like every export and saved as
+    ``path`` (.xml and .bin)."""
+    ov = import_openvino()
+    exporter = _Exporter(embedder, fingerprint)
+    with warnings.catch_warnings():
+        # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
+        model = ov.convert_model(exporter.program())
+    compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    waves, lengths = exporter.check
+    exporter.verify(path, compiled.create_infer_request().infer({0: waves.numpy(), 1: lengths.numpy()})[0])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return Path(path)
 
 
 def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=None) -> dict:

@@ -103,7 +103,7 @@ class MVectorPredictor:
     """
 
     def __init__(self, model_dir=None, audio_db_path="audio_db/", threshold=None, use_gpu=False,
-                 window_seconds=None, hop_seconds=None, batch_size=16, *, backend="torch", onnx_path=None,
+                 window_seconds=None, hop_seconds=None, batch_size=16, *, backend=None, onnx_path=None,
                  fuse_batchnorm=None, model=None):
         if model_dir is None:
             from mvector.pretrained import pretrained_model_dir
@@ -115,6 +115,8 @@ class MVectorPredictor:
         if not isinstance(use_gpu, bool):  # 'auto', 'true' or 'false', the scripts' words
             use_gpu = wants_gpu(use_gpu)
         self.model_dir = Path(model_dir)
+        if backend is None:  # the fastest path with the same embeddings, unless a torch-only option asks for torch
+            backend = "torch" if fuse_batchnorm is not None or onnx_path is not None else "auto"
         extra = {} if onnx_path is None else {"onnx_path": onnx_path}
         if fuse_batchnorm is not None:
             if backend != "torch":

@@ -38,7 +38,7 @@ def check_can_listen(host: str, port: int) -> None:
 def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_path="audio_db/",
           api_key_file=None, max_upload_mb: float = 10.0, max_audio_seconds: float = 60.0,
           threshold: float | str | None = None, use_gpu: bool = False, max_concurrency: int = 2,
-          backend: str = "torch", model: str | None = None, allowed_hosts: str | None = None) -> int:
+          backend: str = "auto", model: str | None = None, allowed_hosts: str | None = None) -> int:
     """Serve until interrupted; returns the process exit status (on SIGTERM uvicorn shuts down
     gracefully, then ends the process by that signal)."""
     try:
@@ -56,7 +56,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
 
             from mvector.apps.server.app import create_app
         except ImportError as exc:
-            raise ConfigError(f"the server needs the 'server' extra (pip install 'mvector[server]'): {exc}") from None
+            raise ConfigError(f"the server needs the 'server' extra (pip install 'mvector-sv[server]'): {exc}") from None
         from mvector.inference.predictor import MVectorPredictor
         from mvector.library.store import VoiceprintDB
 

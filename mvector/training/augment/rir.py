@@ -1,13 +1,12 @@
 """Room impulse responses: simulated shoebox rooms (pyroomacoustics), cached on disk once."""
-import os
 from pathlib import Path
 
 import numpy as np
 
+from mvector import fileio
 from mvector.fileio import atomic_file
 
 
-RIR_CACHE_ENV = "MVECTOR_CACHE"
 # Simulated rooms: shoebox sizes (m) and reverberation times (s) of ordinary rooms. Image-source
 # order is capped so one RIR costs well under a second; the late tail it cuts is weak anyway.
 ROOM_MIN, ROOM_MAX = (3.0, 3.0, 2.5), (10.0, 8.0, 4.0)
@@ -18,10 +17,6 @@ MAX_IMAGE_ORDER = 30
 # An RIR is cut where its remaining energy falls 60 dB below the total, and at 1 s at most.
 RIR_TAIL_DB = 60.0
 RIR_MAX_SECONDS = 1.0
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(RIR_CACHE_ENV) or Path.home() / ".cache" / "mvector")
 
 
 def simulate_rir(sample_rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +53,7 @@ def load_rir_bank(sample_rate: int, count: int = 200, cache_dir=None, seed: int 
     simulating and saving it first when absent or unreadable. Written through a per-process
     temporary file and an atomic rename (``fileio.atomic_file``), so DDP ranks filling the cache at
     once do not clash."""
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory = Path(cache_dir) if cache_dir is not None else fileio.cache_dir()
     path = directory / f"rir_bank_{sample_rate}_{count}_seed{seed}.npz"
     try:
         with np.load(path) as stored:
