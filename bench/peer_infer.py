@@ -49,7 +49,7 @@ def main():
         import torch
         from torch.utils.flop_counter import FlopCounterMode
         import mvector
-        from mvector.inference.predictor import MVectorPredictor
+        from mvector.predict import MVectorPredictor
     except Exception as exc:
         fail(f"cannot import the reference toolkit: {type(exc).__name__}: {exc}")
     if getattr(mvector, "__version__", None) != REFERENCE_VERSION:
