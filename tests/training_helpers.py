@@ -2,7 +2,6 @@
 import random
 from pathlib import Path
 
-import pytest
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]

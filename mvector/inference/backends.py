@@ -16,25 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvector.embedder import build_featurizer
 from mvector.device import choose_device
+from mvector.embedder import build_featurizer
 from mvector.errors import MVectorError, ModelMismatchError
 from mvector.fileio import cache_dir
+from mvector.inference.contract import (CONVERTED_FILE, FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE,
+                                        OUTPUT_NAME)
 from mvector.model_dir import load_embedder, model_fingerprint, read_model_dir
 from mvector.registry import Registry
+
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = Registry("inference backend")
 
-# Names written by mvector.inference.export and looked up here.
-ONNX_FILE = "model.onnx"
-INT8_ONNX_FILE = "model.int8.onnx"  # written by mvector.inference.quantize
-CONVERTED_FILE = "model.xml"  # a model converted for OpenVINO, in the cache folder
-INPUT_NAMES = ("waveforms", "lengths")
-OUTPUT_NAME = "embeddings"
-# Metadata key of an exported graph: the fingerprint of the model directory it was exported from.
-FINGERPRINT_KEY = "mvector_fingerprint"
 
 ONNX_INSTALL_HINT = "ONNX needs onnx, onnxscript and onnxruntime: pip install 'mvector-sv[onnx]'"
 OPENVINO_INSTALL_HINT = "the OpenVINO backends need openvino, a dependency of mvector-sv: pip install openvino"

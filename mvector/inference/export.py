@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch.fx.experimental import _config as fx_config
 
-from mvector.inference.backends import (FINGERPRINT_KEY, INPUT_NAMES, ONNX_FILE, ONNX_INSTALL_HINT, OUTPUT_NAME,
-                                        import_onnxruntime, import_openvino, openvino_core)
 from mvector.errors import ConfigError, MVectorError
+from mvector.inference.backends import ONNX_INSTALL_HINT, import_onnxruntime, import_openvino, openvino_core
 from mvector.inference.batchnorm_fusion import noise_batch
+from mvector.inference.contract import FINGERPRINT_KEY, INPUT_NAMES, MIN_DURATION, ONNX_FILE, OUTPUT_NAME
 from mvector.model_dir import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_embedder, model_fingerprint
-from mvector.inference.predictor import MIN_DURATION
 from mvector.registry import Registry
+
 
 EXPORT_FORMATS = Registry("export format")
 DEFAULT_FORMATS = ("onnx", "torchscript")

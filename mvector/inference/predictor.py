@@ -17,14 +17,13 @@ import numpy as np
 
 from mvector.audio import DEFAULT_MAX_DURATION, load_audio
 from mvector.audio.spec import AudioSpec
-from mvector.inference.backends import BACKENDS
-from mvector.embedder import window_starts
 from mvector.device import wants_gpu
+from mvector.embedder import window_starts
 from mvector.errors import ConfigError, MVectorError
+from mvector.inference.backends import BACKENDS
+from mvector.inference.contract import MIN_DURATION
 
-# Shorter audio carries too little of a voice for a usable embedding (and is below what the
-# exported graphs are traced for).
-MIN_DURATION = 0.3
+
 # Used only when the model's model.state has no EER threshold (e.g. a model never evaluated):
 # a cosine this high is a same-speaker decision for the recipes' AAM-trained models.
 DEFAULT_THRESHOLD = 0.5

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mvector.inference.backends import FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE, ONNX_INSTALL_HINT
 from mvector.audio import AUDIO_EXTENSIONS
 from mvector.errors import ConfigError, MVectorError
-from mvector.lists import read_labelled_list
 from mvector.fileio import fsync_dir
+from mvector.inference.backends import ONNX_INSTALL_HINT
+from mvector.inference.contract import FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE
 from mvector.inference.predictor import MVectorPredictor
+from mvector.lists import read_labelled_list
+
 
 # Lowest cosine between int8 and float32 embeddings of a held-out utterance that is accepted.
 MIN_COSINE = 0.99
