@@ -43,7 +43,13 @@ def make_model_dir(path, state=None, seed=0):
     with torch.no_grad():
         embedder(torch.from_numpy(np.stack([coloured_noise(1.0, seed) for seed in range(100, 116)])))
     weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
-    return save_model_dir(path, weights, config, {"threshold": 0.5} if state is None else state)
+    path = save_model_dir(path, weights, config, {"threshold": 0.5} if state is None else state)
+    # Its first use converts it for OpenVINO, once, with one log line: done here, so what the tests
+    # check is the scripts' own output (tests/test_default_backend.py checks the conversion itself).
+    from mvector.inference.predictor import MVectorPredictor
+
+    MVectorPredictor(path)
+    return path
 
 
 def dev_by_speaker():
