@@ -155,8 +155,9 @@ def test_ctrl_c_stops_with_one_line_and_keeps_the_finished_epochs(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "stderr.txt"
     with open(log, "w", encoding="utf-8") as err:
+        # Started as a shell starts a background job: SIGINT ignored, which train.py must undo.
         child = subprocess.Popen(train_command(tmp_path, args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=err)
+                                 stderr=err, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     first_epoch = tmp_path / "models" / "TDNN_Fbank" / "epoch_1" / "model.state"
     try:
         deadline = time.monotonic() + 120

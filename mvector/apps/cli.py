@@ -6,7 +6,9 @@ bad arguments), so a bad recording or a missing model never shows the user a tra
 """
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -246,6 +248,11 @@ def train(configs, override=(), resume=False, pretrained=None, allow_partial=Fal
     """``train.py``: train from a YAML config (CPU, one GPU, or one process per GPU under torchrun)."""
     from mvector.training.trainer import MVectorTrainer
 
+    if threading.current_thread() is threading.main_thread():
+        # SIGINT (Ctrl-C, `kill -INT`, `timeout --signal=INT`) is how a run is stopped with its epochs
+        # kept; a process started in the background by a shell inherits it ignored, and Python then
+        # leaves it ignored: take it back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     trainer = MVectorTrainer(configs, overrides=override, use_gpu=use_gpu, save_model_path=save_model_path,
                              log_dir=log_dir)
     try:
