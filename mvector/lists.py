@@ -16,9 +16,14 @@ from mvector.errors import ConfigError
 from mvector.fileio import atomic_file, read_list_lines
 
 
+def path_under(folder, entry: str) -> str:
+    """``entry`` read relative to ``folder`` (an absolute entry kept), as an absolute path."""
+    return os.path.abspath(os.path.join(folder, entry))
+
+
 def listed_path(list_path, entry: str) -> str:
     """The file a list at ``list_path`` means by ``entry``."""
-    return os.path.abspath(os.path.join(Path(list_path).parent, entry))
+    return path_under(Path(list_path).parent, entry)
 
 
 def read_rows(list_path, what: str, layout: str, min_columns: int, max_columns: int | None = None):

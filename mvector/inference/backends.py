@@ -86,6 +86,11 @@ def _fused(embedder, device):
     return fuse_batchnorm(embedder, (waveforms.to(device), lengths.to(device)))
 
 
+def graph_feeds(waveforms: np.ndarray, lengths: np.ndarray) -> dict:
+    """The inputs of an exported or converted graph, by their names in ``contract``."""
+    return dict(zip(INPUT_NAMES, (waveforms, lengths.astype(np.int64, copy=False))))
+
+
 def import_onnxruntime():
     try:
         import onnxruntime
@@ -145,10 +150,6 @@ class ExportedGraphBackend:
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    @staticmethod
-    def _feeds(waveforms: np.ndarray, lengths: np.ndarray) -> dict:
-        return dict(zip(INPUT_NAMES, (waveforms, lengths.astype(np.int64, copy=False))))
-
 
 @BACKENDS.register(name="onnx")
 class OnnxBackend(ExportedGraphBackend):
@@ -170,7 +171,7 @@ class OnnxBackend(ExportedGraphBackend):
         return tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in outputs), embd_dim, recorded
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], self._feeds(waveforms, lengths))[0]
+        return self.session.run([OUTPUT_NAME], graph_feeds(waveforms, lengths))[0]
 
 
 class Int8Graph:
@@ -233,7 +234,7 @@ class OpenVinoRunner:
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with self._lock:
-            return self._request.infer(ExportedGraphBackend._feeds(waveforms, lengths))[0]
+            return self._request.infer(graph_feeds(waveforms, lengths))[0]
 
 
 @BACKENDS.register(name="openvino")

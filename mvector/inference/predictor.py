@@ -133,8 +133,8 @@ class MVectorPredictor:
             raise ConfigError(f"window_seconds must be >= {MIN_DURATION} s, got {window_seconds!r}")
         if not 0 < hop_seconds <= window_seconds:
             raise ConfigError(f"hop_seconds must be in (0, window_seconds={window_seconds}], got {hop_seconds!r}")
-        self._window = int(round(window_seconds * self.sample_rate))
-        self._hop = int(round(hop_seconds * self.sample_rate))
+        self._window = self.audio_spec.samples(window_seconds)
+        self._hop = self.audio_spec.samples(hop_seconds)
         self.threshold = self._model_threshold() if threshold is None else threshold
         self.audio_db_path = audio_db_path
         self._voiceprints = None

@@ -20,8 +20,8 @@ import numpy as np
 from mvector.audio import AUDIO_EXTENSIONS
 from mvector.errors import ConfigError, MVectorError
 from mvector.fileio import fsync_dir
-from mvector.inference.backends import ONNX_INSTALL_HINT
-from mvector.inference.contract import FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE
+from mvector.inference.backends import ONNX_INSTALL_HINT, graph_feeds
+from mvector.inference.contract import FINGERPRINT_KEY, INT8_ONNX_FILE, ONNX_FILE
 from mvector.inference.predictor import MVectorPredictor
 from mvector.lists import read_labelled_list
 
@@ -83,7 +83,8 @@ def float_convs(model) -> list:
 
 
 def _feeds(wav):
-    return {INPUT_NAMES[0]: wav[None].astype(np.float32), INPUT_NAMES[1]: np.array([len(wav)], dtype=np.int64)}
+    """One utterance as a batch of one, the graph's inputs."""
+    return graph_feeds(wav[None].astype(np.float32), np.array([len(wav)], dtype=np.int64))
 
 
 def _import_quantization():

@@ -23,7 +23,7 @@ from pathlib import Path
 from mvector.audio import AUDIO_EXTENSIONS, audio_duration
 from mvector.errors import ConfigError, MVectorError
 from mvector.fileio import atomic_file, read_list_lines
-from mvector.lists import read_speaker_list, read_trials, write_rows
+from mvector.lists import path_under, read_speaker_list, read_trials, write_rows
 from mvector.registry import Registry
 
 # A speaker model learns to tell speakers apart: a training set of one speaker teaches it nothing.
@@ -218,10 +218,6 @@ def scan_speaker_folders(root: Path):
     return utterances
 
 
-def _absolute(base: Path, relative: str) -> str:
-    return os.path.normpath(os.path.join(base, relative))
-
-
 def _subdir(root: Path, given, default: str):
     """``given`` (absolute, or relative to root) or ``root/default``."""
     path = Path(given).expanduser() if given else Path(default)
@@ -313,7 +309,7 @@ class CNCelebLayout:
             if len(parts) != 3 or parts[2] not in ("0", "1") or parts[0] not in enroll_paths:
                 raise ConfigError(f"{lists / 'trials.lst'}:{number}: expected '<enroll id> test/<file> 1|0' "
                                   f"with an enrolment file in {eval_dir / 'enroll'}, got {line.strip()!r}")
-            trials.append((enroll_paths[parts[0]], _absolute(eval_dir, parts[1]), int(parts[2])))
+            trials.append((enroll_paths[parts[0]], path_under(eval_dir, parts[1]), int(parts[2])))
         return trials
 
 
@@ -354,7 +350,7 @@ class VoxCelebLayout:
             if len(parts) != 3 or parts[0] not in ("0", "1"):
                 raise ConfigError(f"{trial_file}:{number}: expected '1|0 id/yt/file.wav id/yt/file.wav', "
                                   f"got {line.strip()!r}")
-            trials.append((_absolute(vox1, parts[1]), _absolute(vox1, parts[2]), int(parts[0])))
+            trials.append((path_under(vox1, parts[1]), path_under(vox1, parts[2]), int(parts[0])))
         test_speakers = {Path(p).relative_to(vox1).parts[0] for a, b, _ in trials for p in (a, b)}
         dev = [u for u in everyone if u.speaker in test_speakers and u.path.startswith(str(vox1))]
         enroll, test = split_enroll_test(dev)
