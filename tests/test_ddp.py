@@ -18,6 +18,7 @@ WORLD = 2
 
 
 @pytest.mark.slow
+@pytest.mark.data
 def test_torchrun_two_cpu_processes(tmp_path):
     train_list, trials = write_lists(tmp_path, per_speaker=15, num_trials=20)
     overrides = tiny_overrides(train_list, trials, max_epoch=1)
