@@ -32,6 +32,8 @@ setup(
         # Exporting for OpenVINO (and int8 quantization) writes and checks the ONNX graph with these.
         "openvino": ["onnx", "onnxscript", "onnxruntime"],
         "server": ["fastapi", "uvicorn", "python-multipart"],
+        # Speaker diarization: clustering, speech detection, DER scoring and timeline pictures.
+        "diarization": ["scikit-learn", "silero-vad", "pyannote.metrics", "matplotlib"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

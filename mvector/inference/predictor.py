@@ -22,6 +22,7 @@ from mvector.embedder import window_starts
 from mvector.errors import ConfigError, MVectorError
 from mvector.inference.backends import BACKENDS
 from mvector.inference.contract import MIN_DURATION
+from mvector.inference.diarization.pipeline import Diarizer, Segment
 
 
 # Used only when the model's model.state has no EER threshold (e.g. a model never evaluated):
@@ -265,6 +266,44 @@ class MVectorPredictor:
     def search(self, audio, top_k: int = 5, sample_rate=None):
         """The ``top_k`` most similar registered speakers as ``[(name, score)]``, best first."""
         return self._library().search(self.predict(audio, sample_rate), top_k)
+
+    # ------------------------------------------------------------------ diarization
+
+    def diarize(self, audio, num_speakers=None, min_speakers=1, max_speakers=None, name_speakers=False,
+                timestamps=None, *, sample_rate=None, threshold=None, diarizer=None, progress=False,
+                max_duration=DEFAULT_MAX_DURATION) -> list:
+        """Who spoke when: time-ordered ``[Segment(start, end, speaker)]`` in seconds.
+
+        The number of speakers is estimated unless ``num_speakers`` is given (or bounded by
+        ``min_speakers`` / ``max_speakers``). Speakers are 'speaker-1', 'speaker-2', ... in order of
+        first appearance; with ``name_speakers`` each is matched against the voiceprint library and
+        takes the enrolled name whose score reaches ``threshold`` (default: the model's), else
+        'unknown-1', 'unknown-2', ... ``timestamps``: ``[(start, end)]`` seconds of speech, which
+        skips speech detection. ``diarizer``: a ``mvector.inference.diarization.Diarizer`` with other
+        settings. Overlapping speech is given to one speaker.
+        """
+        diarizer = Diarizer() if diarizer is None else diarizer
+        wav = load_audio(audio, sample_rate, min_duration=MIN_DURATION, max_duration=max_duration,
+                         target_sample_rate=self.sample_rate, normalize_db=self.audio_spec.target_db)
+        spans, centroids = diarizer(self, wav, num_speakers=num_speakers, min_speakers=min_speakers,
+                                    max_speakers=max_speakers, timestamps=timestamps, progress=progress,
+                                    name=audio if isinstance(audio, (str, Path)) else None)
+        names = self._speaker_names(centroids, name_speakers, threshold)
+        return [Segment(round(start, 3), round(end, 3), names[label]) for start, end, label in spans]
+
+    def _speaker_names(self, centroids, name_speakers, threshold) -> list:
+        """A name per cluster: its enrolled name when asked and its centroid passes the threshold."""
+        if not name_speakers:
+            return [f"speaker-{k + 1}" for k in range(len(centroids))]
+        threshold = self.resolve_threshold(threshold)
+        names, unknown = [], 0
+        for centroid in centroids:
+            name, _ = self._library().recognition(centroid, threshold)
+            if name is None:
+                unknown += 1
+                name = f"unknown-{unknown}"
+            names.append(name)
+        return names
 
     def get_users(self):
         return self._library().get_users()
