@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mvector.inference.backends import ConvertedOpenVinoBackend, import_onnxruntime
+from mvector.inference.backends import import_onnxruntime
 from mvector.config import load_config
 from mvector.embedder import build_embedder
 from mvector.errors import MVectorError
@@ -54,7 +54,7 @@ from mvector.inference.export import export_model
 from mvector.model_dir import save_model_dir
 from mvector.inference.predictor import MVectorPredictor
 from mvector.registry import Registry
-from peer import backbone_configs, figure, run_peer_command
+from peer import backbone_configs, default_predictor, figure, run_peer_command
 from synthetic_voice import voice_like
 
 
@@ -132,10 +132,7 @@ def eager_path(model_dir, workdir, threads, calibration=None):
 @PATHS.register(name="default")
 def default_path(model_dir, workdir, threads, calibration):
     """What a user gets without asking: MVectorPredictor(model_dir), i.e. backend 'auto'."""
-    predictor = MVectorPredictor(model_dir)
-    if isinstance(predictor._backend, ConvertedOpenVinoBackend):
-        predictor._backend.compile(str(predictor._backend.converted_path), INFERENCE_NUM_THREADS=threads)
-    return predictor
+    return default_predictor(model_dir, threads)
 
 
 @PATHS.register(name="fused")
