@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api_key_file", default=None, help="file holding the API key (else $MVECTOR_API_KEY)")
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="largest request body in MiB")
     parser.add_argument("--max_audio_seconds", type=float, default=60.0, help="longest recording accepted")
+    parser.add_argument("--max_diarize_seconds", type=float, default=3600.0,
+                        help="longest recording /diarize accepts")
+    parser.add_argument("--max_diarize_upload_mb", type=float, default=120.0,
+                        help="largest request body /diarize accepts, in MiB")
     parser.add_argument("--threshold", default=None, help=THRESHOLD_HELP)
     parser.add_argument("--max_concurrency", type=int, default=2,
                         help="decoding and model jobs running at once")

@@ -77,7 +77,7 @@ def test_health_docs_and_page(client):
     assert health["operating_points"] == {"eer": 0.5, "far=0.001": 0.8}
     assert health["max_upload_mb"] == MAX_UPLOAD_MB and health["accepts_changes"] is True
     schema = client.get("/openapi.json").json()
-    assert {"/register", "/recognize", "/contrast", "/users", "/users/{name}", "/health"} <= set(schema["paths"])
+    assert {"/register", "/recognize", "/contrast", "/diarize", "/users", "/users/{name}", "/health"} <= set(schema["paths"])
     # No pages that pull Swagger or ReDoc from a CDN onto this origin; the schema is served.
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").json()["info"]["title"] == "mvector voiceprint service"
@@ -303,13 +303,14 @@ def test_beyond_loopback_every_api_call_needs_the_key(app_parts, utterances):
             anonymous = [await http.get("/users"), await http.get("/health"),
                          await http.post("/recognize", files=audio),
                          await http.post("/contrast", files={"audio1": flac(utterances[0]),
-                                                             "audio2": flac(utterances[1])})]
+                                                             "audio2": flac(utterances[1])}),
+                         await http.post("/diarize", files=audio)]
             keyed = [await http.get("/users", headers=AUTH), await http.post("/recognize", headers=AUTH, files=audio)]
             public = [await http.get("/"), await http.get("/openapi.json")]
             return anonymous, keyed, public
 
     anonymous, keyed, public = asyncio.run(calls())
-    assert [r.status_code for r in anonymous] == [401] * 4
+    assert [r.status_code for r in anonymous] == [401] * 5
     assert [r.status_code for r in keyed] == [200, 200]
     assert keyed[1].json() == {"name": None, "score": None, "threshold": 0.5, "recognized": False}  # nobody enrolled
     assert [r.status_code for r in public] == [200, 200]  # the page and the schema hold no data

@@ -1,5 +1,6 @@
 """The web page in headless Chromium: record from a (fake) microphone fed with a real dev
-utterance, register the speaker through the page, recognise them, and see them listed.
+utterance, register the speaker through the page, recognise them, and see them listed; and diarize a
+meeting recording picked as a file and see its timeline.
 Skips when Chromium, chromedriver or selenium is missing (scripts/test.sh installs them under CI)."""
 import shutil
 
@@ -90,5 +91,31 @@ def test_register_and_recognise_from_the_microphone(browser, tmp_path):
         assert browser.execute_script("return sessionStorage.getItem('mvector-api-key')") == KEY
 
         screenshot = tmp_path / "server_page.png"
+        assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 0
+        print(f"screenshot: {screenshot}")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.browser
+def test_diarize_a_meeting_file_and_see_its_timeline(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from predict_helpers import DATA
+
+    meeting = DATA / "diarization" / "ami" / "dev00.flac"
+    with ServerProcess(["--audio_db_path", tmp_path / "db"], tmp_path / "server.log") as server:
+        browser.get(server.url + "/")
+        browser.find_element(By.ID, "file").send_keys(str(meeting))
+        wait_for_text(browser, "recording-status", ["Using dev00.flac"])
+        browser.find_element(By.ID, "diarize").click()
+        status = wait_for_text(browser, "diarize-status", ["speaker(s)", "failed", "No speech"])
+        assert "segment(s)" in status, status + "\n" + server.log()
+        speakers = int(status.split()[0])
+        rows = browser.find_elements(By.CSS_SELECTOR, "#timeline .timeline-row")
+        assert len(rows) == speakers >= 1
+        assert rows[0].find_element(By.CLASS_NAME, "timeline-name").text == "speaker-1"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline .timeline-bar")) == int(status.split()[2])
+        screenshot = tmp_path / "diarize_page.png"
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 0
         print(f"screenshot: {screenshot}")

@@ -271,7 +271,7 @@ class MVectorPredictor:
 
     def diarize(self, audio, num_speakers=None, min_speakers=1, max_speakers=None, name_speakers=False,
                 timestamps=None, *, sample_rate=None, threshold=None, diarizer=None, progress=False,
-                max_duration=DEFAULT_MAX_DURATION) -> list:
+                max_duration=DEFAULT_MAX_DURATION, library=None) -> list:
         """Who spoke when: time-ordered ``[Segment(start, end, speaker)]`` in seconds.
 
         The number of speakers is estimated unless ``num_speakers`` is given (or bounded by
@@ -287,18 +287,19 @@ class MVectorPredictor:
                          target_sample_rate=self.sample_rate, normalize_db=self.audio_spec.target_db)
         spans, centroids = diarizer(self, wav, num_speakers=num_speakers, min_speakers=min_speakers,
                                     max_speakers=max_speakers, timestamps=timestamps, progress=progress,
-                                    name=audio if isinstance(audio, (str, Path)) else None)
-        names = self._speaker_names(centroids, name_speakers, threshold)
+                                    name=str(audio) if isinstance(audio, (str, Path)) else getattr(audio, "name", None))
+        names = self._speaker_names(centroids, name_speakers, threshold, library)
         return [Segment(round(start, 3), round(end, 3), names[label]) for start, end, label in spans]
 
-    def _speaker_names(self, centroids, name_speakers, threshold) -> list:
+    def _speaker_names(self, centroids, name_speakers, threshold, library) -> list:
         """A name per cluster: its enrolled name when asked and its centroid passes the threshold."""
         if not name_speakers:
             return [f"speaker-{k + 1}" for k in range(len(centroids))]
         threshold = self.resolve_threshold(threshold)
+        library = self._library() if library is None else library
         names, unknown = [], 0
         for centroid in centroids:
-            name, _ = self._library().recognition(centroid, threshold)
+            name, _ = library.recognition(centroid, threshold)
             if name is None:
                 unknown += 1
                 name = f"unknown-{unknown}"

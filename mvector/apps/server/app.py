@@ -32,6 +32,10 @@ from mvector.library.names import UserNameError, VoiceprintStorageError, normali
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_AUDIO_SECONDS = 60.0
+# Diarization takes whole meetings: its own limits, an hour of audio and an upload that holds one
+# (an hour of 16 kHz 16-bit WAV is 110 MiB; compressed formats far less).
+DEFAULT_MAX_DIARIZE_SECONDS = 3600.0
+DEFAULT_MAX_DIARIZE_UPLOAD_MB = 120.0
 DEFAULT_MAX_CONCURRENCY = 2
 DEFAULT_BATCH_WAIT = 0.005
 # The page loads only its own files: no inline script, nothing from elsewhere.
@@ -55,15 +59,20 @@ class AudioTooLong(AudioError):
 def create_app(predictor, library, *, api_key: str | None = None, require_key_for_reads: bool = False,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
                max_concurrency: int = DEFAULT_MAX_CONCURRENCY, batch_wait: float = DEFAULT_BATCH_WAIT,
-               allowed_hosts: frozenset | None = LOOPBACK_NAMES) -> FastAPI:
+               allowed_hosts: frozenset | None = LOOPBACK_NAMES,
+               max_diarize_seconds: float = DEFAULT_MAX_DIARIZE_SECONDS,
+               max_diarize_upload_mb: float = DEFAULT_MAX_DIARIZE_UPLOAD_MB) -> FastAPI:
     """The app over ``predictor`` (an ``MVectorPredictor``: loading, embedding, threshold) and
     ``library`` (the ``VoiceprintDB`` it enrols into); the app closes both when it shuts down.
     ``api_key`` None: changes are refused.
     ``require_key_for_reads``: every API call needs the key (for servers beyond loopback).
     ``max_concurrency`` bounds the decoding and model jobs running at once.
-    ``allowed_hosts``: the Host names it answers (None: any); a foreign Origin is always refused."""
-    if not max_upload_mb > 0 or not max_audio_seconds > 0 or max_concurrency < 1:
-        raise ValueError("max_upload_mb, max_audio_seconds and max_concurrency must be positive")
+    ``allowed_hosts``: the Host names it answers (None: any); a foreign Origin is always refused.
+    ``max_diarize_seconds`` / ``max_diarize_upload_mb``: /diarize's own limits."""
+    if not (max_upload_mb > 0 and max_audio_seconds > 0 and max_concurrency >= 1 and max_diarize_seconds > 0
+            and max_diarize_upload_mb > 0):
+        raise ValueError("max_upload_mb, max_audio_seconds, max_concurrency, max_diarize_seconds and "
+                         "max_diarize_upload_mb must be positive")
     limiter = asyncio.Semaphore(max_concurrency)
     batcher = MicroBatcher(predictor.embed_waveforms, max_batch=predictor.batch_size, max_wait=batch_wait,
                            limiter=limiter)
@@ -84,20 +93,26 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
         if require_key_for_reads:
             authorize(credentials)
 
-    async def load_upload(upload: UploadFile) -> tuple[np.ndarray, float]:
-        """The upload as the model hears it, and its duration; AudioError when unusable or too long."""
+    async def read_upload(upload: UploadFile) -> io.BytesIO:
         data = io.BytesIO(await upload.read())
         data.name = f"upload '{upload.filename or 'audio'}'"[:100]  # names the input in AudioError messages
         if not data.getbuffer().nbytes:
             raise AudioError(f"{data.name}: is empty (0 bytes)")
+        return data
+
+    async def check_duration(data: io.BytesIO, limit: float) -> None:
+        """The header's duration first: an over-long recording is refused before it is decoded. A
+        stream without a length is counted, never past the limit (a decompression bomb)."""
+        seconds = await run_in_threadpool(functools.partial(audio_duration, data, name=data.name, max_duration=limit))
+        if seconds > limit:
+            raise AudioTooLong(data.name, seconds, limit)
+        data.seek(0)
+
+    async def load_upload(upload: UploadFile) -> tuple[np.ndarray, float]:
+        """The upload as the model hears it, and its duration; AudioError when unusable or too long."""
+        data = await read_upload(upload)
         async with limiter:
-            # The header's duration first: an over-long recording is refused before it is decoded.
-            # A stream without a length is counted, never past the limit (a decompression bomb).
-            seconds = await run_in_threadpool(functools.partial(audio_duration, data, name=data.name,
-                                                                max_duration=max_audio_seconds))
-            if seconds > max_audio_seconds:
-                raise AudioTooLong(data.name, seconds, max_audio_seconds)
-            data.seek(0)
+            await check_duration(data, max_audio_seconds)
             # Decoding stops at the limit too: the metadata may understate the length.
             wav = await run_in_threadpool(functools.partial(predictor.load, data, max_duration=max_audio_seconds))
         seconds = len(wav) / predictor.sample_rate
@@ -124,7 +139,8 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
                               "'Authorization: Bearer <key>'; so does every call when the server "
                               "listens beyond loopback.",
                   version="1")
-    app.add_middleware(BodySizeLimit, max_bytes=int(max_upload_mb * 2**20))
+    app.add_middleware(BodySizeLimit, max_bytes=int(max_upload_mb * 2**20),
+                       per_path={"/diarize": int(max_diarize_upload_mb * 2**20)})
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts)  # before the body is read
     app.add_exception_handler(AudioError, _unprocessable)
     app.add_exception_handler(UserNameError, _unprocessable)
@@ -152,7 +168,8 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
         return {"status": "ok", "threshold": predictor.threshold, "operating_points": predictor.operating_points,
                 "sample_rate": predictor.sample_rate,
                 "embedding_size": predictor.embd_dim, "max_upload_mb": max_upload_mb,
-                "max_audio_seconds": max_audio_seconds, "key_for_reads": require_key_for_reads,
+                "max_audio_seconds": max_audio_seconds, "max_diarize_seconds": max_diarize_seconds,
+                "max_diarize_upload_mb": max_diarize_upload_mb, "key_for_reads": require_key_for_reads,
                 "accepts_changes": api_key is not None, "batching": batcher.stats()}
 
     @app.post("/register", dependencies=[Depends(change_access)])
@@ -183,6 +200,24 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
         (_, first, _), (_, second, _) = await asyncio.gather(embed_upload(audio1), embed_upload(audio2))
         score = float(np.clip(np.dot(first, second), -1.0, 1.0))
         return {"score": score, "threshold": threshold, "same_speaker": score >= threshold}
+
+    @app.post("/diarize", dependencies=[Depends(read_access)])
+    async def diarize(audio: Annotated[UploadFile, File(description="a recording of a conversation or meeting")],
+                      num_speakers: Annotated[int | None, Form(ge=1, le=100, description="the number of speakers, "
+                                                               "when known (default: estimated)")] = None,
+                      name_speakers: Annotated[bool, Form(description="name speakers from the voiceprint "
+                                                          "library")] = False):
+        """Who spoke when: time-ordered segments in seconds. Speakers are speaker-1, speaker-2, ...
+        or, with ``name_speakers``, their enrolled names where the score passes the server's threshold
+        (else unknown-1, ...). Overlapping speech is given to one speaker."""
+        data = await read_upload(audio)
+        async with limiter:  # minutes of work for an hour of audio: in a worker thread, one slot of the limit
+            await check_duration(data, max_diarize_seconds)
+            segments = await run_in_threadpool(functools.partial(
+                predictor.diarize, data, num_speakers=num_speakers, name_speakers=name_speakers, library=library,
+                max_duration=max_diarize_seconds))
+        return {"segments": [segment._asdict() for segment in segments],
+                "speakers": list(dict.fromkeys(segment.speaker for segment in segments))}
 
     @app.get("/users", dependencies=[Depends(read_access)])
     async def users():

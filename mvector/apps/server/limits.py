@@ -22,19 +22,22 @@ class UploadTooLarge(HTTPException):
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for HTTP request bodies over ``max_bytes``."""
+    """ASGI middleware: 413 for HTTP request bodies over ``max_bytes``, or over the limit
+    ``per_path`` gives the request's path (e.g. a larger one for long recordings to diarize)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, per_path: dict | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope.get("path"), self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            response = JSONResponse({"detail": too_large_message(self.max_bytes)}, status_code=413)
+        if declared is not None and declared > limit:
+            response = JSONResponse({"detail": too_large_message(limit)}, status_code=413)
             await response(scope, receive, send)
             return
         received = 0
@@ -44,8 +47,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise UploadTooLarge(self.max_bytes)
+                if received > limit:
+                    raise UploadTooLarge(limit)
             return message
 
         await self.app(scope, counting_receive, send)

@@ -38,14 +38,17 @@ def check_can_listen(host: str, port: int) -> None:
 def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_path="audio_db/",
           api_key_file=None, max_upload_mb: float = 10.0, max_audio_seconds: float = 60.0,
           threshold: float | str | None = None, use_gpu: bool = False, max_concurrency: int = 2,
-          backend: str = "auto", model: str | None = None, allowed_hosts: str | None = None) -> int:
+          backend: str = "auto", model: str | None = None, allowed_hosts: str | None = None,
+          max_diarize_seconds: float = 3600.0, max_diarize_upload_mb: float = 120.0) -> int:
     """Serve until interrupted; returns the process exit status (on SIGTERM uvicorn shuts down
     gracefully, then ends the process by that signal)."""
     try:
         api_key = resolve_api_key(api_key_file)
         check_bind(host, api_key)
         for option, value in (("--max_upload_mb", max_upload_mb), ("--max_audio_seconds", max_audio_seconds),
-                              ("--max_concurrency", max_concurrency), ("--port", port)):
+                              ("--max_concurrency", max_concurrency), ("--port", port),
+                              ("--max_diarize_seconds", max_diarize_seconds),
+                              ("--max_diarize_upload_mb", max_diarize_upload_mb)):
             if not value > 0:
                 raise ConfigError(f"{option} must be positive, got {value}")
         if port > MAX_PORT:
@@ -72,7 +75,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
     hosts = parse_allowed_hosts(allowed_hosts, host, is_loopback(host))
     app = create_app(predictor, library, api_key=api_key, require_key_for_reads=not is_loopback(host),
                      max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
-                     max_concurrency=max_concurrency, allowed_hosts=hosts)
+                     max_concurrency=max_concurrency, allowed_hosts=hosts, max_diarize_seconds=max_diarize_seconds,
+                     max_diarize_upload_mb=max_diarize_upload_mb)
     if hosts is None:
         print("note: answering requests for any Host name; name this server's with --allowed_hosts "
               "(e.g. voiceprints.example.org) to refuse DNS-rebinding requests", file=sys.stderr)

@@ -1,5 +1,5 @@
-// The voiceprint page: record from the microphone (or pick a file), then register or recognise
-// it through the server's API. Plain script, no build step, nothing loaded from elsewhere.
+// The voiceprint page: record from the microphone (or pick a file), then register, recognise or
+// diarize it through the server's API. Plain script, no build step, nothing loaded from elsewhere.
 "use strict";
 
 const KEY_STORAGE = "mvector-api-key";
@@ -47,6 +47,7 @@ function useRecording(blob, filename, description) {
   playback.hidden = false;
   $("register").disabled = false;
   $("recognize").disabled = false;
+  $("diarize").disabled = false;
   show($("recording-status"), description, "ok");
 }
 
@@ -119,6 +120,55 @@ async function recognize() {
   }
 }
 
+const TIMELINE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+
+function drawTimeline(segments, speakers) {
+  // One row per speaker, a bar per segment, positioned in percent of the recording's speech span.
+  const timeline = $("timeline");
+  const end = Math.max(...segments.map((s) => s.end));
+  const rows = speakers.map((speaker, index) => {
+    const row = Object.assign(document.createElement("div"), {className: "timeline-row"});
+    const name = Object.assign(document.createElement("span"), {className: "timeline-name", textContent: speaker});
+    name.title = speaker;
+    const track = Object.assign(document.createElement("div"), {className: "timeline-track"});
+    for (const segment of segments.filter((s) => s.speaker === speaker)) {
+      const bar = Object.assign(document.createElement("div"), {className: "timeline-bar"});
+      bar.style.left = `${(100 * segment.start) / end}%`;
+      bar.style.width = `${(100 * (segment.end - segment.start)) / end}%`;
+      bar.style.background = TIMELINE_COLOURS[index % TIMELINE_COLOURS.length];
+      bar.title = `${speaker}: ${segment.start.toFixed(2)}–${segment.end.toFixed(2)} s`;
+      track.append(bar);
+    }
+    row.append(name, track);
+    return row;
+  });
+  const axis = Object.assign(document.createElement("div"), {className: "timeline-axis"});
+  axis.append(Object.assign(document.createElement("span"), {textContent: "0 s"}),
+              Object.assign(document.createElement("span"), {textContent: `${end.toFixed(1)} s`}));
+  timeline.replaceChildren(...rows, axis);
+  timeline.hidden = false;
+}
+
+async function diarize() {
+  const form = audioForm();
+  const count = $("num-speakers").value.trim();
+  if (count) form.append("num_speakers", count);
+  if ($("name-speakers").checked) form.append("name_speakers", "true");
+  show($("diarize-status"), "Diarizing…");
+  $("timeline").hidden = true;
+  try {
+    const answer = await api("POST", "/diarize", form);
+    if (!answer.segments.length) {
+      show($("diarize-status"), "No speech found.", "error");
+      return;
+    }
+    show($("diarize-status"), `${answer.speakers.length} speaker(s), ${answer.segments.length} segment(s).`, "ok");
+    drawTimeline(answer.segments, answer.speakers);
+  } catch (error) {
+    show($("diarize-status"), `Diarization failed: ${error.message}`, "error");
+  }
+}
+
 async function removeUser(name) {
   try {
     await api("DELETE", "/users/" + encodeURIComponent(name));
@@ -161,6 +211,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("register").addEventListener("click", register);
   $("recognize").addEventListener("click", recognize);
+  $("diarize").addEventListener("click", diarize);
   $("refresh-users").addEventListener("click", refreshUsers);
   refreshUsers();
 });
