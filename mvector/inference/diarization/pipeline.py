@@ -57,8 +57,12 @@ class Diarizer:
         rate = predictor.sample_rate
         duration = len(wav) / rate
         name = name or "the recording"
-        regions = (self.speech.regions(wav, rate) if timestamps is None
-                   else _checked_timestamps(timestamps, duration, name))
+        if timestamps is None:
+            with tqdm(total=100, unit="%", desc="speech detection", disable=not progress,
+                      bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
+                regions = self.speech.regions(wav, rate, on_progress=lambda percent: bar.update(percent - bar.n))
+        else:
+            regions = _checked_timestamps(timestamps, duration, name)
         windows = self._windows(regions)
         if not windows:
             raise AudioError(f"{name}: no speech found long enough to tell speakers apart "
@@ -90,7 +94,7 @@ class Diarizer:
     def _embed(self, predictor, wav, windows, progress) -> np.ndarray:
         rate = predictor.sample_rate
         embeddings = np.zeros((len(windows), predictor.embd_dim), dtype=np.float32)
-        with tqdm(total=len(windows), unit="window", desc="diarization", disable=not progress) as bar:
+        with tqdm(total=len(windows), unit="window", desc="speaker embeddings", disable=not progress) as bar:
             for first in range(0, len(windows), WINDOWS_PER_STEP):
                 step = windows[first: first + WINDOWS_PER_STEP]
                 views = [wav[round(s * rate): round(e * rate)] for s, e in step]

@@ -6,6 +6,7 @@ energy detector cannot (on the AMI excerpts it halves the diarization error). ``
 is the energy detector, for installations without it.
 """
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,8 +26,9 @@ class SileroSpeechDetector:
     min_pause: float = 0.3
     pad: float = 0.3
 
-    def regions(self, wav: np.ndarray, sample_rate: int) -> list:
-        """Speech regions ``[(start, end)]`` in seconds, in time order."""
+    def regions(self, wav: np.ndarray, sample_rate: int, on_progress=None) -> list:
+        """Speech regions ``[(start, end)]`` in seconds, in time order; ``on_progress(percent)`` is
+        called as the detector advances."""
         if sample_rate not in (8000, 16000):
             raise ConfigError(f"Silero VAD works at 8 or 16 kHz, not {sample_rate} Hz; use SpeechDetector")
         import torch
@@ -35,7 +37,8 @@ class SileroSpeechDetector:
             found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wav)), model, threshold=self.threshold,
                                           sampling_rate=sample_rate, min_speech_duration_ms=round(self.min_speech * 1000),
                                           min_silence_duration_ms=round(self.min_pause * 1000),
-                                          speech_pad_ms=round(self.pad * 1000))
+                                          speech_pad_ms=round(self.pad * 1000),
+                                          progress_tracking_callback=on_progress)
         return merge_regions((item["start"] / sample_rate, item["end"] / sample_rate) for item in found)
 
 
@@ -47,7 +50,10 @@ def _silero():
     except ImportError as exc:
         raise MVectorError("speech detection for diarization needs silero-vad: "
                            "pip install 'mvector-sv[diarization]'") from exc
-    return get_speech_timestamps, load_silero_vad(onnx=True), threading.Lock()
+    with warnings.catch_warnings():  # its loader uses a deprecated importlib call: not the user's concern
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = load_silero_vad(onnx=True)
+    return get_speech_timestamps, model, threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,9 @@ class SpeechDetector:
     min_pause: float = 0.3
     pad: float = 0.1
 
-    def regions(self, wav: np.ndarray, sample_rate: int) -> list:
-        """Speech regions ``[(start, end)]`` in seconds, in time order."""
+    def regions(self, wav: np.ndarray, sample_rate: int, on_progress=None) -> list:
+        """Speech regions ``[(start, end)]`` in seconds, in time order (fast enough to need no
+        ``on_progress``, which it takes only to be interchangeable with SileroSpeechDetector)."""
         frame, hop = round(self.frame_seconds * sample_rate), round(self.hop_seconds * sample_rate)
         if len(wav) < frame:
             return []
