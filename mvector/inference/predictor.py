@@ -22,7 +22,6 @@ from mvector.embedder import window_starts
 from mvector.errors import ConfigError, MVectorError
 from mvector.inference.backends import BACKENDS
 from mvector.inference.contract import MIN_DURATION
-from mvector.inference.diarization.pipeline import Diarizer, Segment
 
 
 # Used only when the model's model.state has no EER threshold (e.g. a model never evaluated):
@@ -282,6 +281,8 @@ class MVectorPredictor:
         skips speech detection. ``diarizer``: a ``mvector.inference.diarization.Diarizer`` with other
         settings. Overlapping speech is given to one speaker.
         """
+        from mvector.inference.diarization.pipeline import Diarizer, Segment  # scikit-learn and Silero only when used
+
         diarizer = Diarizer() if diarizer is None else diarizer
         wav = load_audio(audio, sample_rate, min_duration=MIN_DURATION, max_duration=max_duration,
                          target_sample_rate=self.sample_rate, normalize_db=self.audio_spec.target_db)
