@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest recording /diarize accepts")
     parser.add_argument("--max_diarize_upload_mb", type=float, default=120.0,
                         help="largest request body /diarize accepts, in MiB")
+    parser.add_argument("--header_timeout", type=float, default=10.0,
+                        help="seconds a client gets to send a request's headers before its connection is closed")
+    parser.add_argument("--body_timeout", type=float, default=240.0,
+                        help="seconds a request body may take to arrive (408 after; at most 30 s in one pause)")
+    parser.add_argument("--max_connections", type=int, default=4096,
+                        help="open connections beyond this are closed at once")
     parser.add_argument("--threshold", default=None, help=THRESHOLD_HELP)
     parser.add_argument("--max_concurrency", type=int, default=2,
                         help="decoding and model jobs running at once")

@@ -213,6 +213,12 @@ def test_bad_uploads(client, utterances):
     for name in ["   ", "a/b", "..", "x" * 200, "tab\there"]:
         assert_clean_error(register(utterances[0], name=name), 422, "user name")
     assert_clean_error(register(utterances[0], name=""), 422, "name")  # FastAPI: an empty field is missing
+    # Bytes that are not UTF-8 are refused, not read as Latin-1 into another user's name.
+    latin1 = (b'--xyz\r\nContent-Disposition: form-data; name="name"\r\n\r\ncaro\xe9l\r\n'
+              b'--xyz\r\nContent-Disposition: form-data; name="audio"; filename="a.flac"\r\n\r\n'
+              + utterances[0] + b"\r\n--xyz--\r\n")
+    assert_clean_error(client.post("/register", content=latin1, headers={
+        **AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}), 422, "form field 'name' is not valid UTF-8")
     assert_clean_error(client.delete("/users/%2E%2E", headers=AUTH), 422, "path component")
     missing_field = client.post("/recognize", data={"threshold": "0.5"})
     assert missing_field.status_code == 422 and "audio" in missing_field.text

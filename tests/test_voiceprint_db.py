@@ -181,7 +181,7 @@ def test_embedding_problems_are_voiceprint_errors(tmp_path):
 
 def test_not_a_database_is_a_clear_error(tmp_path):
     (tmp_path / DB_FILE).write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(VoiceprintError, match="not a usable voiceprint database"):
+    with pytest.raises(VoiceprintError, match="the database is damaged .* Restore it"):
         open_db(tmp_path)
 
 
@@ -573,3 +573,64 @@ def test_on_a_full_disk_users_can_still_be_erased_and_writes_fail_clearly(small_
         assert db.get_users() == ["lou", "max"]
         assert db.remove_user("lou")  # and again: the erased audio freed room for it
     assert rows(library, "SELECT name FROM users") == [("max",)]
+
+
+def test_a_damaged_page_is_one_clear_error_and_nothing_is_changed(tmp_path):
+    rng = np.random.default_rng(11)
+    with open_db(tmp_path) as db:
+        for name in ("ann", "ben", "cal"):
+            db.register(name, wave(rng), rng.standard_normal(DIM))
+    database = tmp_path / DB_FILE
+    page_size = rows(tmp_path, "PRAGMA page_size")[0][0]
+    data = bytearray(database.read_bytes())
+    assert len(data) >= 3 * page_size
+    data[page_size: 3 * page_size] = b"\xa5" * (2 * page_size)  # the pages after the header's
+    database.write_bytes(bytes(data))
+
+    def stored():  # SQLite's own -wal and -shm files come and go with connections
+        return sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.name.endswith(("-wal", "-shm")))
+
+    before = stored()
+    with pytest.raises(VoiceprintError, match=r"voiceprints.sqlite: the database is damaged .*Restore it .*\.recover"):
+        open_db(tmp_path)
+    assert stored() == before  # no audio moved or deleted
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A tmpfs folder that ``remount_read_only()`` turns read-only (needs root and mount; skips otherwise)."""
+    import subprocess
+
+    folder = tmp_path / "mount"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "none", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("making a read-only mount needs root and mount(8)")
+
+    def remount_read_only():
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    yield folder, remount_read_only
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_library_on_a_read_only_mount_lists_and_recognises(read_only_mount):
+    folder, remount_read_only = read_only_mount
+    library = folder / "audio_db"
+    rng = np.random.default_rng(12)
+    vectors = {name: rng.standard_normal(DIM) for name in ("dora", "eli")}
+    with open_db(library) as db:
+        for name, vector in vectors.items():
+            db.register(name, wave(rng), vector)
+    remount_read_only()
+    with open_db(library) as db:
+        assert db.read_only and db.get_users() == ["dora", "eli"]
+        assert db.recognition(vectors["eli"], 0.9)[0] == "eli"
+        with pytest.raises(VoiceprintError, match="is read-only .* registering 'fay' is not possible"):
+            db.register("fay", wave(rng), rng.standard_normal(DIM))
+        with pytest.raises(VoiceprintError, match="is read-only .* removing 'dora' is not possible"):
+            db.remove_user("dora")
+    with pytest.raises(VoiceprintError, match="cannot be written and its voiceprints were made by model model-a"):
+        open_db(library, fingerprint="model-b")
+    with pytest.raises(VoiceprintError, match="cannot be written and holds no voiceprints.sqlite"):
+        open_db(folder)

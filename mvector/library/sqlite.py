@@ -33,6 +33,34 @@ CREATE INDEX IF NOT EXISTS enrolments_by_user ON enrolments(user_id);
 """
 
 
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """The library's database at ``path`` on storage that cannot be written (a read-only mount or
+    snapshot). Its write-ahead log is read where one with content is there; otherwise the file is
+    opened as immutable, since SQLite could not create the shared-memory file that WAL reading needs."""
+    db = path / DB_FILE
+    wal = path / (DB_FILE + "-wal")
+    flags = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?{flags}", uri=True, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        version = get_meta(conn, "schema_version")
+    except sqlite3.DatabaseError as exc:
+        raise read_error(path, exc) from None
+    if version != SCHEMA_VERSION:
+        raise VoiceprintError(f"{db}: schema version {version}, this mvector reads {SCHEMA_VERSION}")
+    return conn
+
+
+def read_error(path: Path, exc: Exception) -> VoiceprintError:
+    """One clear error for a database that cannot be read: damage names the way to restore it."""
+    text = str(exc)
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return VoiceprintError(f"{path / DB_FILE}: the database is damaged ({text}); nothing was changed. Restore it "
+                               f"(with its -wal file) from a backup, or salvage its rows with "
+                               f"'sqlite3 {path / DB_FILE} .recover | sqlite3 recovered.sqlite'")
+    return VoiceprintError(f"{path / DB_FILE}: cannot be read ({text})")
+
+
 def open_database(path: Path) -> sqlite3.Connection:
     """The library's database at ``path`` (a folder), in WAL mode with secure_delete, its schema in place."""
     db = path / DB_FILE
@@ -58,7 +86,7 @@ def open_database(path: Path) -> sqlite3.Connection:
         if "disk I/O error" in str(exc) or "full" in str(exc):
             raise VoiceprintStorageError(f"voiceprint library {path}: cannot open {DB_FILE} for writing "
                                          f"({exc}): the disk may be full or failing") from None
-        raise VoiceprintError(f"{db}: not a usable voiceprint database ({exc})") from None
+        raise read_error(path, exc) from None
     return conn
 
 @contextlib.contextmanager
@@ -85,8 +113,7 @@ def storage_error(path: Path, doing: str, exc: Exception) -> VoiceprintError:
         return VoiceprintStorageError(f"voiceprint library {path}: the disk is full while {doing}; "
                                       f"free some space and try again (erasing users still works)")
     if isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
-        return VoiceprintError(f"{path / DB_FILE}: the database is damaged ({text}); restore it from a "
-                               f"backup (sqlite3 .recover can salvage rows)")
+        return read_error(path, exc)
     return VoiceprintStorageError(f"voiceprint library {path}: {doing} failed ({text})")
 
 

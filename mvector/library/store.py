@@ -38,7 +38,8 @@ from mvector.audio import load_audio
 from mvector.library.folder import AUDIO_SUFFIX, DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, AudioFolder
 from mvector.library.index import SearchIndex
 from mvector.library.names import VoiceprintError, VoiceprintStorageError, check_new_user_name, normalize_user_name
-from mvector.library.sqlite import get_meta, open_database, set_meta, storage_error, transaction, truncate_wal
+from mvector.library.sqlite import (get_meta, open_database, open_read_only, read_error, set_meta, storage_error, transaction,
+                                    truncate_wal)
 
 
 try:
@@ -76,12 +77,22 @@ class VoiceprintDB:
         self._index = SearchIndex()
         self._conn = None
         self._lock_fd = None
+        # A library on storage this process cannot write (a read-only mount, a snapshot) is opened
+        # read-only: listing, search and recognition work; registering and removing say why not.
+        self.read_only = self.path.is_dir() and not os.access(self.path, os.W_OK)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise VoiceprintError(f"cannot create the voiceprint library folder {self.path}: {exc}") from None
         if not self.path.is_dir():
             raise VoiceprintError(f"voiceprint library path {self.path} is not a folder")
+        if self.read_only:
+            try:
+                self._open_read_only()
+            except BaseException:
+                self.close()
+                raise
+            return
         try:
             self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             self.folder.check_database_present()
@@ -91,9 +102,34 @@ class VoiceprintDB:
             self._follow_model()
             self._load()
             self.folder.set_reserve_aside()
+        except sqlite3.DatabaseError as exc:  # a damaged page met while reading what the sweep needs
+            self.close()
+            raise read_error(self.path, exc) from None
         except BaseException:
             self.close()
             raise
+
+    def _open_read_only(self) -> None:
+        lock = self.path / LOCK_FILE
+        if lock.is_file():  # a shared lock still keeps an erasure elsewhere from running mid-read
+            self._lock_fd = os.open(lock, os.O_RDONLY)
+        self.folder.check_database_present()
+        if not (self.path / DB_FILE).is_file():
+            raise VoiceprintError(f"voiceprint library {self.path} cannot be written and holds no {DB_FILE}; "
+                                  "give a writable folder to start a library")
+        self._conn = open_read_only(self.path)
+        stored = get_meta(self._conn, "fingerprint")
+        if self.fingerprint is not None and stored is not None and stored != self.fingerprint:
+            raise VoiceprintError(
+                f"voiceprint library {self.path} cannot be written and its voiceprints were made by model {stored}, "
+                f"not by model {self.fingerprint}; open it once where it can be written to re-embed them, or "
+                "use the model it was made with")
+        self._load()
+
+    def _check_writable(self, doing: str) -> None:
+        if self.read_only:
+            raise VoiceprintError(f"voiceprint library {self.path} is read-only (its folder cannot be written), "
+                                  f"so {doing} is not possible; listing and recognition work")
 
     # ----- public API -------------------------------------------------------------------------
 
@@ -101,6 +137,7 @@ class VoiceprintDB:
         """Add one enrolment (its audio at ``sample_rate`` and its embedding) to user ``name``,
         creating the user if new."""
         name = normalize_user_name(name)
+        self._check_writable(f"registering {name!r}")
         vector = self._check_embedding(embedding, what=f"embedding for user {name!r}")
         wav = load_audio(waveform, sample_rate=self.sample_rate, target_sample_rate=self.sample_rate,
                          name=f"enrolment audio for user {name!r}")
@@ -143,6 +180,7 @@ class VoiceprintDB:
         """Erase user ``name``: rows, audio, and (secure_delete + WAL truncation) the bytes of
         their embeddings in the database files. False when there is no such user."""
         name = normalize_user_name(name)
+        self._check_writable(f"removing {name!r}")
         erased = self._with_reserve(lambda: self._erase(name))
         self.folder.set_reserve_aside()
         return erased
@@ -244,7 +282,10 @@ class VoiceprintDB:
         return self._conn
 
     def _data_version(self) -> int:
-        return self._live_conn().execute("PRAGMA data_version").fetchone()[0]
+        try:
+            return self._live_conn().execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise read_error(self.path, exc) from None
 
     def _changed_elsewhere(self) -> bool:
         """Whether another connection committed since the matrix was loaded."""
@@ -277,9 +318,12 @@ class VoiceprintDB:
         # The version is read first: a commit landing before the rows are read only makes the
         # next refresh reload once more, never miss a change.
         version = self._data_version()
-        self._check_same_model(conn)
-        rows = conn.execute("SELECT u.name, e.embedding FROM enrolments e JOIN users u "
-                            "ON u.id = e.user_id ORDER BY e.user_id").fetchall()
+        try:
+            self._check_same_model(conn)
+            rows = conn.execute("SELECT u.name, e.embedding FROM enrolments e JOIN users u "
+                                "ON u.id = e.user_id ORDER BY e.user_id").fetchall()
+        except sqlite3.DatabaseError as exc:  # a damaged page: one clear error saying how to restore
+            raise read_error(self.path, exc) from None
         self._names = []
         self._row = {}
         self._count = 0

@@ -25,7 +25,7 @@ from mvector.audio import audio_duration
 from mvector.errors import AudioError, ConfigError, MVectorError
 from mvector.apps.server.batcher import MicroBatcher
 from mvector.apps.server.guard import LOOPBACK_NAMES, HostOriginGuard
-from mvector.apps.server.limits import BodySizeLimit
+from mvector.apps.server.limits import DEFAULT_BODY_CHUNK_TIMEOUT, DEFAULT_BODY_TIMEOUT, RequestBodyLimits, Utf8FormFields
 from mvector.apps.server.security import API_KEY_ENV, key_matches
 from mvector.library.names import UserNameError, VoiceprintStorageError, normalize_user_name
 
@@ -61,16 +61,18 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
                max_concurrency: int = DEFAULT_MAX_CONCURRENCY, batch_wait: float = DEFAULT_BATCH_WAIT,
                allowed_hosts: frozenset | None = LOOPBACK_NAMES,
                max_diarize_seconds: float = DEFAULT_MAX_DIARIZE_SECONDS,
-               max_diarize_upload_mb: float = DEFAULT_MAX_DIARIZE_UPLOAD_MB) -> FastAPI:
+               max_diarize_upload_mb: float = DEFAULT_MAX_DIARIZE_UPLOAD_MB,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> FastAPI:
     """The app over ``predictor`` (an ``MVectorPredictor``: loading, embedding, threshold) and
     ``library`` (the ``VoiceprintDB`` it enrols into); the app closes both when it shuts down.
     ``api_key`` None: changes are refused.
     ``require_key_for_reads``: every API call needs the key (for servers beyond loopback).
     ``max_concurrency`` bounds the decoding and model jobs running at once.
     ``allowed_hosts``: the Host names it answers (None: any); a foreign Origin is always refused.
-    ``max_diarize_seconds`` / ``max_diarize_upload_mb``: /diarize's own limits."""
+    ``max_diarize_seconds`` / ``max_diarize_upload_mb``: /diarize's own limits.
+    ``body_timeout``: the longest a request body may take to arrive (and at most 30 s of it in one pause)."""
     if not (max_upload_mb > 0 and max_audio_seconds > 0 and max_concurrency >= 1 and max_diarize_seconds > 0
-            and max_diarize_upload_mb > 0):
+            and max_diarize_upload_mb > 0 and body_timeout > 0):
         raise ValueError("max_upload_mb, max_audio_seconds, max_concurrency, max_diarize_seconds and "
                          "max_diarize_upload_mb must be positive")
     limiter = asyncio.Semaphore(max_concurrency)
@@ -139,8 +141,10 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
                               "'Authorization: Bearer <key>'; so does every call when the server "
                               "listens beyond loopback.",
                   version="1")
-    app.add_middleware(BodySizeLimit, max_bytes=int(max_upload_mb * 2**20),
-                       per_path={"/diarize": int(max_diarize_upload_mb * 2**20)})
+    app.add_middleware(Utf8FormFields)
+    app.add_middleware(RequestBodyLimits, max_bytes=int(max_upload_mb * 2**20),
+                       per_path={"/diarize": int(max_diarize_upload_mb * 2**20)},
+                       chunk_timeout=min(DEFAULT_BODY_CHUNK_TIMEOUT, body_timeout), total_timeout=body_timeout)
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts)  # before the body is read
     app.add_exception_handler(AudioError, _unprocessable)
     app.add_exception_handler(UserNameError, _unprocessable)

@@ -39,7 +39,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
           api_key_file=None, max_upload_mb: float = 10.0, max_audio_seconds: float = 60.0,
           threshold: float | str | None = None, use_gpu: bool = False, max_concurrency: int = 2,
           backend: str = "auto", model: str | None = None, allowed_hosts: str | None = None,
-          max_diarize_seconds: float = 3600.0, max_diarize_upload_mb: float = 120.0) -> int:
+          max_diarize_seconds: float = 3600.0, max_diarize_upload_mb: float = 120.0,
+          header_timeout: float = 10.0, body_timeout: float = 240.0, max_connections: int = 4096) -> int:
     """Serve until interrupted; returns the process exit status (on SIGTERM uvicorn shuts down
     gracefully, then ends the process by that signal)."""
     try:
@@ -48,7 +49,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
         for option, value in (("--max_upload_mb", max_upload_mb), ("--max_audio_seconds", max_audio_seconds),
                               ("--max_concurrency", max_concurrency), ("--port", port),
                               ("--max_diarize_seconds", max_diarize_seconds),
-                              ("--max_diarize_upload_mb", max_diarize_upload_mb)):
+                              ("--max_diarize_upload_mb", max_diarize_upload_mb), ("--header_timeout", header_timeout),
+                              ("--body_timeout", body_timeout), ("--max_connections", max_connections)):
             if not value > 0:
                 raise ConfigError(f"{option} must be positive, got {value}")
         if port > MAX_PORT:
@@ -58,6 +60,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
             import uvicorn
 
             from mvector.apps.server.app import create_app
+            from mvector.apps.server.connections import guarded_protocol, raise_open_file_limit, rate_limit_logs
         except ImportError as exc:
             raise ConfigError(f"the server needs the 'server' extra (pip install 'mvector-sv[server]'): {exc}") from None
         from mvector.inference.predictor import MVectorPredictor
@@ -76,7 +79,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
     app = create_app(predictor, library, api_key=api_key, require_key_for_reads=not is_loopback(host),
                      max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
                      max_concurrency=max_concurrency, allowed_hosts=hosts, max_diarize_seconds=max_diarize_seconds,
-                     max_diarize_upload_mb=max_diarize_upload_mb)
+                     max_diarize_upload_mb=max_diarize_upload_mb, body_timeout=body_timeout)
     if hosts is None:
         print("note: answering requests for any Host name; name this server's with --allowed_hosts "
               "(e.g. voiceprints.example.org) to refuse DNS-rebinding requests", file=sys.stderr)
@@ -86,5 +89,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
     elif not is_loopback(host):
         print("note: this is plain HTTP, so the key and the audio cross the network readable; "
               "put a TLS-terminating proxy in front", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    open_files = raise_open_file_limit()
+    if open_files < max_connections + 64:
+        print(f"note: this process may open only {open_files} files, fewer than --max_connections "
+              f"{max_connections} needs; raise 'ulimit -n'", file=sys.stderr)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False,
+                            http=guarded_protocol(header_timeout, max_connections))  # configures logging
+    rate_limit_logs()
+    uvicorn.Server(config).run()
     return 0
