@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from mvector.audio import load_audio
 from mvector.library.folder import AUDIO_SUFFIX, DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, AudioFolder
-from mvector.library.index import SearchIndex
+from mvector.library.matrix import VoiceprintMatrix, check_embedding, check_top_k, unit, voiceprint
 from mvector.library.names import VoiceprintError, VoiceprintStorageError, check_new_user_name, normalize_user_name
 from mvector.library.sqlite import (get_meta, open_database, open_read_only, read_error, set_meta, storage_error, transaction,
                                     truncate_wal)
@@ -51,10 +51,6 @@ LOCK_FILE = ".lock"
 # Waveforms handed to embed_fn per call while re-embedding: bounded memory, batched model calls.
 REEMBED_BATCH = 16
 
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
 class VoiceprintDB:
@@ -74,7 +70,7 @@ class VoiceprintDB:
         self.progress = progress
         self._lock = threading.RLock()
         self.folder = AudioFolder(self.path, sample_rate)
-        self._index = SearchIndex()
+        self._voiceprints = VoiceprintMatrix()
         self._conn = None
         self._lock_fd = None
         # A library on storage this process cannot write (a read-only mount, a snapshot) is opened
@@ -138,7 +134,7 @@ class VoiceprintDB:
         creating the user if new."""
         name = normalize_user_name(name)
         self._check_writable(f"registering {name!r}")
-        vector = self._check_embedding(embedding, what=f"embedding for user {name!r}")
+        vector = check_embedding(embedding, what=f"embedding for user {name!r}")
         wav = load_audio(waveform, sample_rate=self.sample_rate, target_sample_rate=self.sample_rate,
                          name=f"enrolment audio for user {name!r}")
         file = uuid.uuid4().hex + AUDIO_SUFFIX
@@ -173,8 +169,7 @@ class VoiceprintDB:
             if outside_change:
                 self._load()
             else:
-                voiceprint = _unit(np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), -1).mean(0))
-                self._set_row(name, voiceprint)
+                self._voiceprints.set(name, voiceprint(blobs))
 
     def remove_user(self, name: str) -> bool:
         """Erase user ``name``: rows, audio, and (secure_delete + WAL truncation) the bytes of
@@ -219,30 +214,22 @@ class VoiceprintDB:
             if outside_change:
                 self._load()
             else:
-                self._drop_row(name)
+                self._voiceprints.drop(name)
             return True
 
     def get_users(self) -> list[str]:
         """Names of all enrolled users, sorted."""
         with self._lock:
             self._refresh()
-            return sorted(self._names[:self._count])
+            return sorted(self._voiceprints.names)
 
     def search(self, embedding: np.ndarray, top_k: int = 5) -> list[tuple[str, float]]:
         """The ``top_k`` users whose voiceprints are closest (cosine) to ``embedding``, best first."""
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise VoiceprintError(f"top_k must be a positive integer, got {top_k!r}")
-        query = self._check_embedding(embedding, what="query embedding")
+        top_k = check_top_k(top_k)
+        query = check_embedding(embedding, what="query embedding")
         with self._lock:
             self._refresh()
-            if self._count == 0:
-                return []
-            if len(query) != self._matrix.shape[1]:
-                raise VoiceprintError(f"query embedding has {len(query)} dimensions but the library's "
-                                      f"voiceprints have {self._matrix.shape[1]}")
-            rows, scores = self._index.search(self._matrix, self._count, query, int(top_k))
-            # float32 rounding can put a unit vectors' dot product a hair past 1: scores are cosines.
-            return [(self._names[r], float(np.clip(s, -1.0, 1.0))) for r, s in zip(rows, scores)]
+            return self._voiceprints.search(query, top_k)
 
     def recognition(self, embedding: np.ndarray, threshold: float):
         """``(name, score)`` of the closest user when ``score >= threshold``, else ``(None, score)``;
@@ -272,7 +259,7 @@ class VoiceprintDB:
     def __len__(self) -> int:
         with self._lock:
             self._refresh()
-            return self._count
+            return self._voiceprints.count
 
     # ----- database ---------------------------------------------------------------------------
 
@@ -306,7 +293,7 @@ class VoiceprintDB:
             raise VoiceprintError(f"{self.path}: embedding has {dim} dimensions but the library holds "
                                   f"{stored}-dimensional voiceprints")
 
-    # ----- in-memory voiceprint matrix --------------------------------------------------------
+    # ----- in-memory voiceprints ----------------------------------------------------------------
 
     def _refresh(self) -> None:
         if self._changed_elsewhere():
@@ -324,55 +311,8 @@ class VoiceprintDB:
                                 "ON u.id = e.user_id ORDER BY e.user_id").fetchall()
         except sqlite3.DatabaseError as exc:  # a damaged page: one clear error saying how to restore
             raise read_error(self.path, exc) from None
-        self._names = []
-        self._row = {}
-        self._count = 0
-        self._matrix = np.zeros((0, 0), np.float32)
-        self._index.changed()
-        if rows:
-            names = [name for name, _ in rows]
-            embeddings = np.frombuffer(b"".join(blob for _, blob in rows), np.float32).reshape(len(rows), -1)
-            starts = np.flatnonzero([True] + [a != b for a, b in zip(names, names[1:])])
-            self._names = [names[i] for i in starts]
-            self._row = {name: i for i, name in enumerate(self._names)}
-            self._matrix = _unit(np.add.reduceat(embeddings, starts, axis=0)).astype(np.float32)
-            self._count = len(self._names)
+        self._voiceprints.load(rows)
         self._loaded_version = version
-
-    def _set_row(self, name: str, voiceprint: np.ndarray) -> None:
-        row = self._row.get(name)
-        if row is None:
-            if self._count == len(self._matrix):
-                # Room doubles, so n registrations copy the matrix O(log n) times.
-                grown = np.zeros((max(8, 2 * self._count), len(voiceprint)), np.float32)
-                if self._count:
-                    grown[:self._count] = self._matrix[:self._count]
-                self._matrix = grown
-            row = self._count
-            self._count += 1
-            self._names.append(name)
-            self._row[name] = row
-            self._matrix[row] = voiceprint
-            self._index.appended(self._matrix, row)
-        else:
-            self._matrix[row] = voiceprint
-            self._index.changed()
-
-    def _drop_row(self, name: str) -> None:
-        """Remove a user's row by moving the last row into its place: O(E), order is irrelevant."""
-        row = self._row.pop(name, None)
-        if row is None:
-            return
-        last = self._count - 1
-        if row != last:
-            moved = self._names[last]
-            self._matrix[row] = self._matrix[last]
-            self._names[row] = moved
-            self._row[moved] = row
-        self._matrix[last] = 0.0
-        del self._names[last:]
-        self._count = last
-        self._index.changed()
 
     # ----- files ------------------------------------------------------------------------------
 
@@ -449,24 +389,6 @@ class VoiceprintDB:
                                           f"{len(batch)} waveforms; expected finite [{len(batch)}, E]")
                 dim = vectors.shape[1]
                 conn.executemany("UPDATE enrolments SET embedding = ? WHERE id = ?",
-                                 [(v.tobytes(), row[0]) for v, row in zip(_unit(vectors), batch)])
+                                 [(v.tobytes(), row[0]) for v, row in zip(unit(vectors), batch)])
                 bar.update(len(batch))
         set_meta(conn, "embd_dim", dim)
-
-    # ----- validation -------------------------------------------------------------------------
-
-    def _check_embedding(self, embedding, what: str) -> np.ndarray:
-        try:
-            vector = np.asarray(embedding, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise VoiceprintError(f"{what}: not a numeric vector ({type(embedding).__name__})") from None
-        if vector.ndim == 2 and vector.shape[0] == 1:
-            vector = vector[0]
-        if vector.ndim != 1 or len(vector) == 0:
-            raise VoiceprintError(f"{what}: expected a 1-D vector, got shape {vector.shape}")
-        if not np.isfinite(vector).all():
-            raise VoiceprintError(f"{what}: contains NaN or Inf")
-        norm = float(np.linalg.norm(vector))
-        if norm == 0.0:
-            raise VoiceprintError(f"{what}: is all zeros")
-        return np.ascontiguousarray(vector / norm, dtype=np.float32)
