@@ -34,6 +34,8 @@ setup(
         "server": ["fastapi", "uvicorn", "python-multipart"],
         # Speaker diarization: clustering, speech detection, DER scoring and timeline pictures.
         "diarization": ["scikit-learn", "silero-vad", "pyannote.metrics", "matplotlib"],
+        # The voiceprint library on PostgreSQL (several server replicas).
+        "postgres": ["psycopg[binary,pool]"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

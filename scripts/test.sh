@@ -36,5 +36,8 @@ apt_install() {  # what: the test that needs it; then the Debian packages
 }
 command -v pulseaudio >/dev/null 2>&1 || apt_install "microphone" pulseaudio pulseaudio-utils
 command -v chromedriver >/dev/null 2>&1 || apt_install "web page" chromium chromium-driver
+# PostgreSQL's server programs (the tests start their own cluster in a temporary folder).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+  || apt_install "PostgreSQL library" postgresql
 
 "$PY" -m pytest -q -p no:cacheprovider tests "${pytest_args[@]}"

@@ -18,9 +18,9 @@ FORBIDDEN = {
     "library": {"training", "inference", "apps"},
     "apps": set(),
 }
-# The package's face (``mvector.MVectorPredictor``, ``python -m mvector`` and the compatibility path
-# ``mvector.predict``) re-exports from the wings and is allowed to.
-FACES = {"__init__.py", "__main__.py", "predict.py"}
+# The package's face (``mvector.MVectorPredictor``, ``python -m mvector``, ``python -m mvector.library``
+# and the compatibility path ``mvector.predict``) re-exports from the wings and is allowed to.
+FACES = {"__init__.py", "__main__.py", "predict.py", "library/__main__.py"}
 
 def _room(path: Path) -> str:
     first = path.relative_to(PACKAGE).parts[0]

@@ -247,8 +247,8 @@ class MVectorPredictor:
 
     def _library(self):
         if self._voiceprints is None:
-            from mvector.library.store import VoiceprintDB
-            self._voiceprints = VoiceprintDB(self.audio_db_path, embed_fn=self.embed_waveforms,
+            from mvector.library.stores import open_library
+            self._voiceprints = open_library(self.audio_db_path, embed_fn=self.embed_waveforms,
                                              fingerprint=self.fingerprint(), sample_rate=self.sample_rate)
         return self._voiceprints
 

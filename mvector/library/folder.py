@@ -37,8 +37,17 @@ _AUDIO_NAME = re.compile(r"[0-9a-f]{32}" + re.escape(AUDIO_SUFFIX))
 
 
 def library_exists(path) -> bool:
-    """Whether ``path`` holds a voiceprint library (its database), as opposed to a mistyped folder."""
-    return (Path(path) / DB_FILE).is_file()
+    """Whether ``path`` holds a voiceprint library (its database), as opposed to a mistyped folder; a
+    database URL (PostgreSQL) is taken to, the database server being the judge."""
+    return "://" in str(path) or (Path(path) / DB_FILE).is_file()
+
+
+def encode_audio(wav: np.ndarray, sample_rate: int) -> io.BytesIO:
+    """Enrolment audio as every store keeps it: 16-bit FLAC, clipped rather than let the encoder
+    wrap loud samples around."""
+    encoded = io.BytesIO()
+    sf.write(encoded, np.clip(wav, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return encoded
 
 
 class AudioFolder:
@@ -49,10 +58,9 @@ class AudioFolder:
         self.sample_rate = sample_rate
 
     def write_audio(self, path: Path, wav: np.ndarray) -> None:
-        # 16-bit storage: clip rather than let the encoder wrap loud samples around. Encoded in memory
-        # first: a write error (a full disk) inside the encoder's callbacks would be swallowed there.
-        encoded = io.BytesIO()
-        sf.write(encoded, np.clip(wav, -1.0, 1.0), self.sample_rate, format="FLAC", subtype="PCM_16")
+        # Encoded in memory first: a write error (a full disk) inside the encoder's callbacks would be
+        # swallowed there.
+        encoded = encode_audio(wav, self.sample_rate)
         try:
             with open(path, "wb") as fh:
                 fh.write(encoded.getbuffer())

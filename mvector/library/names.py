@@ -21,6 +21,11 @@ class VoiceprintStorageError(VoiceprintError):
     """The library's disk refused a write: full, read-only, or failing."""
 
 
+class VoiceprintUnavailable(VoiceprintError):
+    """The library's database server cannot be reached now (down, restarting, network): try again
+    later (the server answers 503)."""
+
+
 class UserNameError(VoiceprintError, ValueError):
     """A user name that is empty, too long, or could be mistaken for a path."""
 

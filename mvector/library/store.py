@@ -129,15 +129,18 @@ class VoiceprintDB:
 
     # ----- public API -------------------------------------------------------------------------
 
-    def register(self, name: str, waveform: np.ndarray, embedding: np.ndarray) -> None:
+    def register(self, name: str, waveform: np.ndarray, embedding: np.ndarray, key: str | None = None) -> bool:
         """Add one enrolment (its audio at ``sample_rate`` and its embedding) to user ``name``,
-        creating the user if new."""
+        creating the user if new. ``key`` names the enrolment (32 hex digits; a copy between stores
+        keeps it, so copying twice adds nothing): False when it is already stored."""
         name = normalize_user_name(name)
         self._check_writable(f"registering {name!r}")
         vector = check_embedding(embedding, what=f"embedding for user {name!r}")
         wav = load_audio(waveform, sample_rate=self.sample_rate, target_sample_rate=self.sample_rate,
                          name=f"enrolment audio for user {name!r}")
-        file = uuid.uuid4().hex + AUDIO_SUFFIX
+        if key is not None and not (len(key) == 32 and all(c in "0123456789abcdef" for c in key)):
+            raise VoiceprintError(f"enrolment key must be 32 lowercase hex digits, got {key!r}")
+        file = (key or uuid.uuid4().hex) + AUDIO_SUFFIX
         tmp = self.path / (TMP_PREFIX + file)
         with self._lock, self._file_lock(shared=True):
             outside_change = self._changed_elsewhere()
@@ -147,6 +150,9 @@ class VoiceprintDB:
                 except OSError as exc:
                     raise storage_error(self.path, f"writing the enrolment audio of user {name!r}", exc) from None
                 with transaction(self._live_conn(), self.path) as conn:
+                    if key is not None and conn.execute("SELECT 1 FROM enrolments WHERE file = ?", (file,)).fetchone():
+                        tmp.unlink(missing_ok=True)
+                        return False
                     self._check_same_model(conn)
                     self._check_dimension(conn, len(vector))
                     row = conn.execute("SELECT id, folder FROM users WHERE name = ?", (name,)).fetchone()
@@ -170,6 +176,7 @@ class VoiceprintDB:
                 self._load()
             else:
                 self._voiceprints.set(name, voiceprint(blobs))
+        return True
 
     def remove_user(self, name: str) -> bool:
         """Erase user ``name``: rows, audio, and (secure_delete + WAL truncation) the bytes of
@@ -216,6 +223,32 @@ class VoiceprintDB:
             else:
                 self._voiceprints.drop(name)
             return True
+
+    def enrolments(self):
+        """Every enrolment as ``(name, key, waveform, embedding)``, for copying to another store; an
+        enrolment whose audio file is missing is skipped with a warning."""
+        with self._lock:
+            rows = self._live_conn().execute("SELECT u.name, u.folder, e.file, e.embedding FROM enrolments e "
+                                             "JOIN users u ON u.id = e.user_id ORDER BY e.id").fetchall()
+        for name, folder, file, embedding in rows:
+            audio = self.path / folder / file
+            if not audio.is_file():
+                warnings.warn(f"{audio}: the enrolment audio of user {name!r} is missing; not copied", stacklevel=2)
+                continue
+            yield name, Path(file).stem, load_audio(audio, target_sample_rate=self.sample_rate), \
+                np.frombuffer(embedding, np.float32)
+
+    def stored_fingerprint(self):
+        """The fingerprint of the model the stored voiceprints were made by (None before any)."""
+        with self._lock:
+            return get_meta(self._live_conn(), "fingerprint")
+
+    def counts(self) -> tuple[int, int]:
+        """``(users, enrolments)`` stored."""
+        with self._lock:
+            conn = self._live_conn()
+            return (conn.execute("SELECT COUNT(*) FROM users").fetchone()[0],
+                    conn.execute("SELECT COUNT(*) FROM enrolments").fetchone()[0])
 
     def get_users(self) -> list[str]:
         """Names of all enrolled users, sorted."""

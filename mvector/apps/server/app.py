@@ -3,7 +3,7 @@
 Every answer is JSON; errors are ``{"detail": message}``: 401 without a valid key where one is
 needed, 403 for changes on a server that has no key, 413 for an upload over the size limit, 422
 for unusable audio, audio over the duration limit or an invalid user name, 404 for an unknown user,
-and a generic 500 (details in the server log, never in the answer) for anything unexpected.
+503 while the library's database server cannot be reached, and a generic 500 (details in the server log, never in the answer) for anything unexpected.
 """
 
 import asyncio
@@ -27,7 +27,7 @@ from mvector.apps.server.batcher import MicroBatcher
 from mvector.apps.server.guard import LOOPBACK_NAMES, HostOriginGuard
 from mvector.apps.server.limits import DEFAULT_BODY_CHUNK_TIMEOUT, DEFAULT_BODY_TIMEOUT, RequestBodyLimits, Utf8FormFields
 from mvector.apps.server.security import API_KEY_ENV, key_matches
-from mvector.library.names import UserNameError, VoiceprintStorageError, normalize_user_name
+from mvector.library.names import UserNameError, VoiceprintStorageError, VoiceprintUnavailable, normalize_user_name
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -149,6 +149,7 @@ def create_app(predictor, library, *, api_key: str | None = None, require_key_fo
     app.add_exception_handler(AudioError, _unprocessable)
     app.add_exception_handler(UserNameError, _unprocessable)
     app.add_exception_handler(VoiceprintStorageError, _insufficient_storage)
+    app.add_exception_handler(VoiceprintUnavailable, _unavailable)
     app.add_exception_handler(MVectorError, _internal_error)
     # Not an Exception handler: Starlette re-raises after one of those, so the server logged the traceback
     # a second time and dropped the keep-alive connection without saying so.
@@ -274,6 +275,11 @@ class UnexpectedErrors:
 async def _insufficient_storage(request: Request, exc: Exception) -> JSONResponse:
     log.error("%s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"detail": str(exc)}, status_code=507)
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -64,13 +64,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_dir=None, audio_db_pa
         except ImportError as exc:
             raise ConfigError(f"the server needs the 'server' extra (pip install 'mvector-sv[server]'): {exc}") from None
         from mvector.inference.predictor import MVectorPredictor
-        from mvector.library.store import VoiceprintDB
+        from mvector.library.stores import open_library
 
         predictor = MVectorPredictor(model_dir=model_dir, audio_db_path=audio_db_path, threshold=threshold,
                                      use_gpu=use_gpu, backend=backend, model=model)
         # The very library MVectorPredictor opens at audio_db_path (same model fingerprint and
         # re-embedding function), so this server and infer_recognition.py share one store.
-        library = VoiceprintDB(audio_db_path, embed_fn=predictor.embed_waveforms,
+        library = open_library(audio_db_path, embed_fn=predictor.embed_waveforms,
                                fingerprint=predictor.fingerprint(), sample_rate=predictor.sample_rate)
     except MVectorError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
