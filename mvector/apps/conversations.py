@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mvector.audio import load_audio, vad_trim
 from mvector.errors import ConfigError
 from mvector.fileio import atomic_file
-from mvector.inference.diarization.rttm import rttm_lines, write_rttm
+from mvector.inference.diarization.rttm import write_rttm
 from mvector.lists import read_speaker_list
 
 SAMPLE_RATE = 16000
