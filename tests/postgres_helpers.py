@@ -33,7 +33,11 @@ def unavailable(reason: str):
 
 
 class PostgresServer:
-    def __init__(self):
+    """``durable=False`` (the tests) runs without fsync, much faster and as good for correctness
+    tests; a benchmark of latencies wants ``durable=True``."""
+
+    def __init__(self, durable: bool = False):
+        self.durable = durable
         self.bin = server_programs()
         if self.bin is None:
             unavailable("PostgreSQL's server programs (initdb, pg_ctl) are not installed (apt-get install postgresql)")
@@ -71,7 +75,7 @@ class PostgresServer:
         return self
 
     def _pg_ctl(self, action):
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1" + ("" if self.durable else " -c fsync=off")
         done = self._run(self.bin / "pg_ctl", "-D", self.data, "-o", options, "-l", self.folder / "log", "-w",
                          "-t", "60", action, check=False)
         if done.returncode:
