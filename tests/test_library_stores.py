@@ -216,3 +216,22 @@ def test_copy_both_ways_from_the_command_line(postgres, tmp_path):
         assert back.counts() == shared.counts() == (3, 6) and back.stored_fingerprint() == "model-a"
         for name, vector in vectors.items():
             assert back.recognition(vector, 0.9)[0] == shared.recognition(vector, 0.9)[0] == name
+
+
+def test_the_recognition_script_uses_a_postgres_library(postgres, tmp_path):
+    from predict_helpers import coloured_noise, make_model_dir, write_wav
+
+    postgres.reset()
+    model = make_model_dir(tmp_path / "model")
+    alice = write_wav(tmp_path / "alice.wav", coloured_noise(2.0, 41))
+
+    def run(*args):
+        done = subprocess.run([sys.executable, "infer_recognition.py", "--model_dir", str(model), "--audio_db_path",
+                               postgres.url, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run("--register", "alice", "--audio", alice)
+    assert run("--list") == "alice\n"
+    assert "alice" in run("--recognize", "--audio", alice)
