@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from mvector.apps.cli import BACKEND_NAMES, add_device_argument, log_to_stderr, run_cli, script_parser
-from mvector.apps.evaluate import evaluate
+from mvector.apps.evaluate import BATCHED, evaluate
 
 # Scored when neither --trials nor the model config's trial list exists: the shared dev set beside the checkout.
 SHARED_DEV_TRIALS = Path(__file__).resolve().parent.parent / "shared" / "data" / "dev" / "trials.tsv"
@@ -39,15 +39,20 @@ def parse_args(argv=None):
                              "half of --window_seconds when that is given)")
     parser.add_argument("--det_plot", help="write the DET curve to this PNG")
     add_device_argument(parser)
-    parser.add_argument("--batch_size", type=int, help="utterances per batch (default: dataset_conf.eval_batch_size)")
-    parser.add_argument("--num_workers", type=int, help="audio decoding workers (default: dataset_conf.num_workers)")
+    parser.add_argument("--batch_size", type=int,
+                        help=f"utterances per batch of '{BATCHED}' extraction (default: dataset_conf.eval_batch_size)")
+    parser.add_argument("--num_workers", type=int,
+                        help=f"audio decoding workers of '{BATCHED}' extraction (default: dataset_conf.num_workers)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--save_threshold", action="store_true",
                         help="embed through MVectorPredictor (the path users call) and store the EER "
                              "threshold, EER and MinDCF in the model's model.state")
-    parser.add_argument("--backend", help=f"embed through MVectorPredictor with this inference backend "
-                                           f"({', '.join(BACKEND_NAMES)}) instead of batched extraction, e.g. "
-                                           "to check an exported or int8 graph on the trials")
+    parser.add_argument("--backend", help=f"how to embed a trial list: through MVectorPredictor with this inference "
+                                           f"backend ({', '.join(BACKEND_NAMES)}), e.g. to check an exported or int8 "
+                                           f"graph, or '{BATCHED}' (padded torch batches from a data loader, the "
+                                           "path of --as_norm_cohort and --enroll_list). Default: auto (the "
+                                           "fastest path, what MVectorPredictor() uses) for a trial list, "
+                                           f"{BATCHED} for AS-Norm and enrol x test lists")
     return parser.parse_args(argv)
 
 

@@ -237,7 +237,7 @@ def test_eval_script_end_to_end_on_dev_trials(model_dir, tmp_path):
     picked = [r for r in rows if r[2] == "1"][:3] + [r for r in rows if r[2] == "0"][:6]
     trials = write_trials(tmp_path / "trials.tsv", [(DEV / a, DEV / b, label) for a, b, label in picked])
     done = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model_dir", str(model_dir),
-                           "--trials", str(trials), "--num_workers", "0", "--no_progress"],
+                           "--trials", str(trials), "--backend", "batched", "--num_workers", "0", "--no_progress"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
@@ -256,17 +256,18 @@ def test_eval_script_windows_embed_alike_on_both_paths(tmp_path, capsys):
     script = load_eval_script()
 
     def threshold(*options):
-        assert script.main(["--model_dir", str(model_dir), "--trials", str(trials), "--num_workers", "0",
-                            "--no_progress", *options]) == 0
+        assert script.main(["--model_dir", str(model_dir), "--trials", str(trials), "--no_progress", *options]) == 0
         return float(FINAL_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])["threshold"])
 
-    batched = threshold("--window_seconds", "1.0")
+    batched = threshold("--window_seconds", "1.0", "--backend", "batched", "--num_workers", "0")
     assert threshold("--window_seconds", "1.0", "--backend", "torch") == pytest.approx(batched, abs=1e-4)
+    assert threshold("--window_seconds", "1.0") == pytest.approx(batched, abs=1e-4)  # the default: auto
     assert threshold() != pytest.approx(batched, abs=1e-3)  # the model's own 10 s windows: whole files here
 
 
 @pytest.mark.parametrize("problem", ["missing model dir", "missing trials", "malformed trials", "half a pair",
-                                     "hop over window", "threshold with other windows"])
+                                     "hop over window", "threshold with other windows", "loader options",
+                                     "predictor with as-norm"])
 def test_eval_script_reports_bad_input_in_one_line(model_dir, tmp_path, capsys, problem):
     malformed = tmp_path / "bad.tsv"
     malformed.write_text("only-one-column\n", encoding="utf-8")
@@ -278,13 +279,17 @@ def test_eval_script_reports_bad_input_in_one_line(model_dir, tmp_path, capsys, 
         "hop over window": ["--model_dir", str(model_dir), "--window_seconds", "2", "--hop_seconds", "3"],
         "threshold with other windows": ["--model_dir", str(model_dir), "--trials", str(malformed),
                                          "--save_threshold", "--window_seconds", "2"],
+        "loader options": ["--model_dir", str(model_dir), "--trials", str(malformed), "--num_workers", "2"],
+        "predictor with as-norm": ["--model_dir", str(model_dir), "--trials", str(malformed), "--backend", "torch",
+                                   "--as_norm_cohort", str(malformed)],
     }[problem]
     assert load_eval_script().main(argv + ["--no_progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert {"missing model dir": "model directory not found", "missing trials": "trials file not found",
             "malformed trials": "bad.tsv:1", "half a pair": "go together", "hop over window": "--hop_seconds must be",
-            "threshold with other windows": "drop --window_seconds"}[problem] in err[0]
+            "threshold with other windows": "drop --window_seconds", "loader options": "add --backend batched",
+            "predictor with as-norm": "drop --as_norm_cohort"}[problem] in err[0]
 
 
 def test_eval_script_without_model_dir_needs_a_shipped_model(tmp_path, capsys, monkeypatch):

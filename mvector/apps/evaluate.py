@@ -5,6 +5,9 @@ from pathlib import Path
 from mvector.audio.spec import AudioSpec
 from mvector.errors import MVectorError
 
+# --backend's name for batched extraction (a data loader and padded torch batches), the path AS-Norm
+# and enrol x test lists take; every other backend embeds through MVectorPredictor.
+BATCHED = "batched"
 # The dataset_conf keys --configs may set; the rest of the config belongs to the trained model.
 DATASET_PATH_KEYS = ("train_list", "enroll_list", "trials_list", "trials")
 
@@ -51,8 +54,8 @@ def evaluate(model_dir=None, model=None, configs=None, trials=None, enroll_list=
     on stdout (``EER: <fraction> MinDCF: <p=0.01> MinDCF@0.05: <p=0.05> threshold: <score>``)."""
     from mvector.config import load_config
     from mvector.device import choose_device
-    from mvector.evaluation import cohort_embeddings, evaluate_cross
-    from mvector.model_dir import load_embedder
+    from mvector.evaluation import cohort_embeddings, evaluate_cross, evaluate_trials
+    from mvector.model_dir import load_embedder, read_model_dir
 
     if bool(enroll_list) != bool(trials_list):
         raise MVectorError("--enroll_list and --trials_list go together: give both or neither")
@@ -61,8 +64,11 @@ def evaluate(model_dir=None, model=None, configs=None, trials=None, enroll_list=
     model_dir = _model_dir(model_dir, model)
     if not model_dir.is_dir():
         raise MVectorError(f"model directory not found: {model_dir}")
+    if backend not in (None, BATCHED) and (as_norm_cohort or enroll_list):
+        raise MVectorError(f"--backend {backend} embeds through MVectorPredictor, which scores raw cosines of "
+                           "a trial list: drop --as_norm_cohort / --enroll_list, or use --backend batched")
     device = choose_device(use_gpu)
-    embedder, config, _ = load_embedder(model_dir, device)
+    config = read_model_dir(model_dir)[0]
     if configs:
         dataset = load_config(configs)["dataset_conf"]
         config["dataset_conf"].update({key: dataset[key] for key in DATASET_PATH_KEYS})
@@ -70,19 +76,29 @@ def evaluate(model_dir=None, model=None, configs=None, trials=None, enroll_list=
     config["dataset_conf"].update(embed_window=windows["window_seconds"], embed_hop=windows["hop_seconds"])
 
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
-    cohort = None
-    if as_norm_cohort:
-        cohort = cohort_embeddings(embedder, as_norm_cohort, config, device, **options)
+    batched = backend == BATCHED or bool(as_norm_cohort) or bool(enroll_list)
+    if not batched and (batch_size is not None or num_workers is not None):
+        raise MVectorError(f"--batch_size and --num_workers set the data loader of --backend {BATCHED}; a trial "
+                           "list goes through MVectorPredictor by default: add --backend batched or drop them")
+    if batched:
+        embedder, _, _ = load_embedder(model_dir, device)
+    cohort = cohort_embeddings(embedder, as_norm_cohort, config, device, **options) if as_norm_cohort else None
     scoring = dict(cohort=cohort, top_k=as_norm_top_k, det_plot_path=det_plot, **options)
     if enroll_list:
         result = evaluate_cross(embedder, enroll_list, trials_list, config, device, **scoring)
         scored = f"every test utterance of {trials_list} against every speaker enrolled from {enroll_list}"
+    elif batched:
+        trials = _trials(trials, config, fallback_trials)
+        if save_threshold:
+            raise MVectorError("--save_threshold measures the threshold through MVectorPredictor: drop "
+                               "--backend batched / --as_norm_cohort")
+        result = evaluate_trials(embedder, trials, config, device, **scoring)
+        scored = str(trials)
     else:
         trials = _trials(trials, config, fallback_trials)
-        result = _score_trial_list(model_dir, trials, embedder, config, device, cohort, scoring, windows,
-                                   save_threshold=save_threshold, backend=backend, use_gpu=device.type == "cuda",
-                                   window_given=window_seconds is not None or hop_seconds is not None,
-                                   progress=progress)
+        result = _score_through_predictor(model_dir, trials, windows, save_threshold=save_threshold, backend=backend,
+                                          use_gpu=device.type == "cuda", det_plot=det_plot, progress=progress,
+                                          window_given=window_seconds is not None or hop_seconds is not None)
         scored = str(trials)
     print(f"scored {result['num_trials']} trials: {scored}", file=sys.stderr)
     print(f"EER: {result['eer']:.6f} MinDCF: {result['min_dcf']:.6f} "
@@ -90,21 +106,22 @@ def evaluate(model_dir=None, model=None, configs=None, trials=None, enroll_list=
     return result
 
 
-def _score_trial_list(model_dir, trials, embedder, config, device, cohort, scoring, windows, save_threshold,
-                      backend, use_gpu, window_given, progress) -> dict:
-    from mvector.evaluation import evaluate_trials
-
-    if not (save_threshold or backend):
-        return evaluate_trials(embedder, trials, config, device, **scoring)
+def _score_through_predictor(model_dir, trials, windows, save_threshold, backend, use_gpu, det_plot, progress,
+                             window_given) -> dict:
+    """The trials embedded through MVectorPredictor, the path users call: by default its fastest
+    backend ('auto'); with --save_threshold through torch, whose threshold the model then ships."""
     from mvector.inference.threshold import calibrate, predictor_trials
 
-    if cohort is not None:
-        raise MVectorError("--save_threshold and --backend score raw cosines: drop --as_norm_cohort")
-    if save_threshold and backend not in (None, "torch"):
-        raise MVectorError("--save_threshold measures the threshold through the torch backend: drop --backend")
     if save_threshold:
+        if backend not in (None, "torch"):
+            raise MVectorError("--save_threshold measures the threshold through the torch backend: drop --backend")
         if window_given:
             raise MVectorError("--save_threshold measures the threshold with the windows the model's "
                                "predictor uses (its config's): drop --window_seconds / --hop_seconds")
-        return calibrate(model_dir, trials, progress=progress, use_gpu=use_gpu)
-    return predictor_trials(model_dir, trials, progress=progress, use_gpu=use_gpu, backend=backend, **windows)
+        if det_plot:
+            raise MVectorError("--save_threshold writes no DET plot: run eval.py again with --det_plot")
+        result = calibrate(model_dir, trials, progress=progress, use_gpu=use_gpu)
+    else:
+        result = predictor_trials(model_dir, trials, progress=progress, use_gpu=use_gpu, backend=backend or "auto",
+                                  det_plot_path=det_plot, **windows)
+    return result

@@ -44,7 +44,7 @@ def predictor_embeddings(predictor, paths, progress=True) -> dict:
 
 
 def predictor_trials(model_dir, trials_path, progress=True, use_gpu=False, backend="torch", window_seconds=None,
-                     hop_seconds=None) -> dict:
+                     hop_seconds=None, det_plot_path=None) -> dict:
     """EER / MinDCF / threshold of a trial list, every file embedded through ``MVectorPredictor`` with
     the given inference ``backend`` (e.g. to check an exported or int8 graph) and windows (None: the
     model config's)."""
@@ -55,7 +55,7 @@ def predictor_trials(model_dir, trials_path, progress=True, use_gpu=False, backe
     with MVectorPredictor(model_dir=model_dir, threshold=0.5, use_gpu=use_gpu, backend=backend,
                           window_seconds=window_seconds, hop_seconds=hop_seconds) as predictor:
         embeddings = predictor_embeddings(predictor, paths1 + paths2, progress=progress)
-    return score_trials(embeddings, paths1, paths2, labels, trials_path)
+    return score_trials(embeddings, paths1, paths2, labels, trials_path, det_plot_path=det_plot_path)
 
 
 def calibrate(model_dir, trials_path, progress=True, use_gpu=False) -> dict:
