@@ -209,14 +209,24 @@ TINY_BACKBONES = {
     "eres2net": ["m_channels=4", "num_blocks=[1,1,1,1]"],
     "resnet_se": ["num_filters=[4,4,8,8]", "layers=[1,1,1,1]", "se_reduction=2"],
     "res2net": ["m_channels=4", "layers=[1,1,1,1]"],
+    "lstm": ["hidden_size=8", "num_layers=2", "bidirectional=false"],
+    "transformer": ["d_model=8", "num_heads=2", "num_layers=1"],
+    "rescnn": ["channels=[4,4,8,8]", "blocks=1"],
 }
 # Lengths other than those traced (2.0 s, 1.3 s) or checked by the exporter: alone (the shortest allowed,
 # one long enough for several CAM++ segments and 48x-strided Res2Net frames) and in one padded batch.
 ONNX_CHECK_SECONDS = [(MIN_DURATION,), (7.37,), (0.55, 4.03, MIN_DURATION, 1.01)]
 
 
+# Known gap: the exported LSTM keeps the traced number of frames (its graph broadcasts 198 against
+# other lengths), so the LSTM encoder does not export yet; strict, so the fix must update this.
+NOT_EXPORTABLE_YET = {"lstm": "the exported LSTMEncoder graph freezes the traced time axis"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config_name", sorted(TINY_BACKBONES))
+@pytest.mark.parametrize("config_name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NOT_EXPORTABLE_YET[name]))
+    if name in NOT_EXPORTABLE_YET else name for name in sorted(TINY_BACKBONES)])
 def test_every_backbone_exports_to_onnx_matching_pytorch_at_unseen_lengths(config_name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

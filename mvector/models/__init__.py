@@ -10,7 +10,7 @@ from mvector.registry import Registry
 BACKBONES = Registry("backbone")
 
 # Imported on first use so that e.g. ``mvector.models.pooling`` stays light to import.
-_BACKBONE_MODULES = ("campplus", "ecapa_tdnn", "eres2net", "resnet_se", "res2net", "tdnn")
+_BACKBONE_MODULES = ("campplus", "ecapa_tdnn", "eres2net", "resnet_se", "res2net", "tdnn", "sequence", "rescnn")
 
 
 def backbone_registry() -> Registry:
@@ -20,5 +20,6 @@ def backbone_registry() -> Registry:
 
 
 def build_backbone(name: str, input_size: int, embd_dim: int = 192, **kwargs):
-    """Build a backbone by name: CAMPPlus, EcapaTdnn, ERes2Net, ResNetSE, Res2Net or TDNN."""
+    """Build a backbone by name: CAMPPlus, EcapaTdnn, ERes2Net, ResNetSE, Res2Net, TDNN, LSTMEncoder,
+    TransformerEncoder or ResCNN."""
     return backbone_registry().build(name, input_size, embd_dim=embd_dim, **kwargs)
