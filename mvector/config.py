@@ -63,6 +63,10 @@ SCHEMA = {
         "aug_conf_path": Field(OPT_STR, "configs/augmentation.yml"),
         "speed_perturb_as_classes": Field((bool,), False),
         "batch_size": Field((int,), 64),
+        # P x K batches (P speakers, K crops each; batch_size must be P * K), which GE2ELoss and
+        # TripletLoss need; null for both: batches drawn from all crops alike.
+        "speakers_per_batch": Field(OPT_INT, None),
+        "utterances_per_speaker": Field(OPT_INT, None),
         # Audio decoding processes; null: as many as the machine has cores, up to 4 (device.loader_workers).
         "num_workers": Field(OPT_INT, None),
         # Decode the whole training set into memory once (int16): no per-epoch decoding, which on
@@ -179,6 +183,25 @@ def _check_counts(config: dict, where: str) -> None:
             raise ConfigError(f"{where}: '{dotted}' must be null or at least {low}, got {value!r}")
 
 
+def _check_speaker_batches(config: dict, where: str) -> None:
+    """P x K settings that go together and match batch_size; a loss that needs them gets them."""
+    data = config["dataset_conf"]
+    speakers, utterances = data["speakers_per_batch"], data["utterances_per_speaker"]
+    keys = "'dataset_conf.speakers_per_batch' and 'dataset_conf.utterances_per_speaker'"
+    if (speakers is None) != (utterances is None):
+        raise ConfigError(f"{where}: {keys} go together: set both or neither")
+    if speakers is not None:
+        if speakers < 2 or utterances < 2:
+            raise ConfigError(f"{where}: {keys} must each be at least 2, got {speakers} and {utterances}")
+        if data["batch_size"] != speakers * utterances:
+            raise ConfigError(f"{where}: 'dataset_conf.batch_size' is {data['batch_size']} but P x K batches hold "
+                              f"{speakers} x {utterances} = {speakers * utterances}; make them agree")
+    loss = config["loss_conf"]["loss"]
+    if speakers is None and getattr(_lazy("mvector.losses", "LOSSES")()[loss], "needs_speaker_batches", False):
+        raise ConfigError(f"{where}: 'loss_conf.loss' {loss} compares a speaker's utterances within a batch and "
+                          f"needs P x K batches: set {keys} (and batch_size to their product)")
+
+
 def _check_embedding_windows(config: dict, where: str) -> None:
     data = config["dataset_conf"]
     window, hop = data["embed_window"], data["embed_hop"]
@@ -228,6 +251,7 @@ def validate(data, schema, where: str, path=()):
         _check_sample_rates_agree(out, where)
         _check_counts(out, where)
         _check_embedding_windows(out, where)
+        _check_speaker_batches(out, where)
     return out
 
 

@@ -69,7 +69,7 @@ def test_without_openvino_torch_runs_with_one_log_line(model_dir, cache, caplog,
     assert not cache.exists()
 
 
-def test_a_conversion_that_fails_leaves_torch_and_no_cache_entry(model_dir, cache, caplog, monkeypatch):
+def test_a_conversion_that_fails_leaves_torch_and_only_remembers_why(model_dir, cache, caplog, monkeypatch):
     import mvector.inference.export as export
 
     def drifting(*args, **kwargs):
@@ -81,7 +81,13 @@ def test_a_conversion_that_fails_leaves_torch_and_no_cache_entry(model_dir, cach
     assert isinstance(predictor._backend, TorchBackend)
     assert "running it with torch instead of OpenVINO: converting it failed (the exported graph disagrees" in \
         caplog.records[-1].getMessage()
-    assert list(cache.iterdir()) == []  # nothing half-written is kept
+    # Nothing half-written is kept; the reason is, so the next load does not try for minutes again.
+    (remembered,) = [p for p in cache.rglob("*") if p.is_file()]
+    assert remembered.suffix == ".failed" and "disagrees with PyTorch" in remembered.read_text()
+    monkeypatch.setattr(export, "converted_for_openvino", lambda *a, **k: pytest.fail("tried to convert again"))
+    with caplog.at_level(logging.WARNING, logger="mvector.inference.backends"):
+        assert isinstance(MVectorPredictor(model_dir)._backend, TorchBackend)
+    assert f"(remembered in {remembered})" in caplog.records[-1].getMessage()
 
 
 def test_weights_that_do_not_fit_their_config_are_an_error_not_a_fallback(model_dir, tmp_path, cache, caplog):

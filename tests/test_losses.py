@@ -220,8 +220,8 @@ def test_update_sets_margin_used_in_forward():
 
 
 def test_registry_lists_every_loss_and_rejects_unknown_names_and_keys():
-    assert set(LOSSES) == {"AAMLoss", "AMLoss", "ARMLoss", "CELoss", "SphereFace2", "SubCenterLoss",
-                           "TripletAngularMarginLoss"}
+    assert set(LOSSES) == {"AAMLoss", "AMLoss", "ARMLoss", "CELoss", "GE2ELoss", "SphereFace2", "SubCenterLoss",
+                           "TripletAngularMarginLoss", "TripletLoss"}
     assert isinstance(build_loss("AMLoss", margin=0.1), AMLoss)
     with pytest.raises(ConfigError, match="AAMLoss.*SphereFace2"):
         build_loss("ArcFace")
@@ -280,3 +280,57 @@ def test_margin_scheduler_rejects_bad_configuration():
         MarginScheduler(AAMLoss(), 0.0, 0.2, 0, 10, increase_type="cosine")
     with pytest.raises(ConfigError, match="fix_start_step"):
         MarginScheduler(AAMLoss(), 0.0, 0.2, 10, 5)
+
+
+# ----- losses on P x K batches ------------------------------------------------------------------
+
+
+def pk_batch(speakers=4, utterances=3, dim=16, spread=0.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(speakers, dim, generator=generator)
+    embeddings = centres.repeat_interleave(utterances, 0) + spread * torch.randn(speakers * utterances, dim,
+                                                                                   generator=generator)
+    return embeddings, torch.arange(speakers).repeat_interleave(utterances)
+
+
+def test_ge2e_matches_its_definition_written_out():
+    """The softmax GE2E loss computed with loops over speakers and utterances, as in the paper."""
+    embeddings, labels = pk_batch(spread=1.0)
+    loss = build_loss("GE2ELoss", init_scale=7.0, init_bias=-2.0)
+    unit = torch.nn.functional.normalize(embeddings, dim=1)
+    groups = unit.reshape(4, 3, -1)
+    total = 0.0
+    for j in range(4):
+        for i in range(3):
+            row = []
+            for k in range(4):
+                members = groups[k] if k != j else torch.cat([groups[k][:i], groups[k][i + 1:]])
+                centroid = torch.nn.functional.normalize(members.sum(0), dim=0)
+                row.append(7.0 * torch.dot(groups[j, i], centroid) - 2.0)
+            total += -torch.log_softmax(torch.stack(row), 0)[j]
+    assert loss(None, labels, embeddings).item() == pytest.approx(total.item() / 12, rel=1e-5)
+
+
+def test_ge2e_scale_and_bias_are_learnt():
+    embeddings, labels = pk_batch(spread=1.0)
+    loss = build_loss("GE2ELoss")
+    loss(None, labels, embeddings.requires_grad_()).backward()
+    assert loss.scale.grad is not None and loss.bias.grad is not None and loss.state_dict()
+
+
+def test_plain_triplet_loss_on_cosines():
+    embeddings, labels = pk_batch(speakers=2, utterances=2, dim=2)
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # each speaker's two disagree
+    labels = torch.tensor([0, 0, 1, 1])
+    # anchor 0: positive 1 (cos 0), negatives 2 (cos 1), 3 (cos 0): relu(1 - 0 + .1) + relu(0 - 0 + .1)
+    assert build_loss("TripletLoss", margin=0.1)(None, labels, embeddings).item() == pytest.approx((1.1 + 0.1) / 2)
+    separated, labels = pk_batch(spread=0.0)
+    assert build_loss("TripletLoss", margin=0.1)(None, labels, separated).item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["GE2ELoss", "TripletLoss"])
+def test_losses_on_speaker_batches_refuse_other_batches(name):
+    with pytest.raises(ConfigError, match="needs P x K batches"):
+        build_loss(name)(None, torch.tensor([0, 0, 1]), torch.randn(3, 8))
+    with pytest.raises(ConfigError, match="needs P x K batches"):
+        build_loss(name)(None, torch.tensor([0, 1, 2]), torch.randn(3, 8))

@@ -5,6 +5,7 @@ Every backend is built from a model directory and called as
 out), with ``sample_rate``, ``embd_dim``, ``config``, ``state`` and ``fingerprint()``. The feature
 front-end is inside each one, so the predictor never pairs weights with another front-end.
 """
+import contextlib
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import torch
 from mvector.device import choose_device
 from mvector.embedder import build_featurizer
 from mvector.errors import MVectorError, ModelMismatchError
-from mvector.fileio import cache_dir
+from mvector.fileio import atomic_file, cache_dir
 from mvector.inference.contract import (CONVERTED_FILE, FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE,
                                         OUTPUT_NAME)
 from mvector.model_dir import load_embedder, model_fingerprint, read_model_dir
@@ -269,6 +270,11 @@ class OpenVinoUnavailable(MVectorError):
     """OpenVINO is not installed here, or cannot convert this model faithfully: torch runs it instead."""
 
 
+# Beside a converted model's cache folder: why converting that model failed, so later loads fall back
+# to torch at once instead of trying again (a new OpenVINO version, another folder, tries again).
+FAILED_SUFFIX = ".failed"
+
+
 class ConvertedOpenVinoBackend(OpenVinoRunner):
     """The model directory's embedder converted for OpenVINO straight from torch (no export step),
     kept in the cache folder under the model's fingerprint and OpenVINO's version: the first use of
@@ -286,6 +292,9 @@ class ConvertedOpenVinoBackend(OpenVinoRunner):
         except MVectorError as exc:
             raise OpenVinoUnavailable(str(exc)) from None
         folder = cache_dir() / "openvino" / f"{self._fingerprint}-{ov.__version__.split('-')[0]}"
+        failed = folder.with_name(folder.name + FAILED_SUFFIX)
+        if failed.is_file():  # converting this model failed before: say why again, do not spend minutes on it
+            raise OpenVinoUnavailable(failed.read_text(encoding="utf-8").strip() + f" (remembered in {failed})")
         if not (folder / CONVERTED_FILE).is_file():
             self._convert(folder)
         try:
@@ -303,10 +312,14 @@ class ConvertedOpenVinoBackend(OpenVinoRunner):
         return self._fingerprint
 
     def _convert(self, folder: Path) -> None:
-        from mvector.inference.export import converted_for_openvino
+        from mvector.inference.export import check_exportable, converted_for_openvino
 
         # Loaded outside the fallback: weights that do not fit their config are an error for any backend.
         embedder, _, _ = load_embedder(self.model_dir, "cpu")
+        try:
+            check_exportable(embedder)
+        except MVectorError as exc:
+            raise OpenVinoUnavailable(str(exc)) from None
         logger.warning("%s: converting the model for OpenVINO, once (it is then read from %s)",
                        self.model_dir, folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -315,8 +328,10 @@ class ConvertedOpenVinoBackend(OpenVinoRunner):
             try:
                 converted_for_openvino(embedder, self._fingerprint, staging / CONVERTED_FILE)
             except Exception as exc:  # an operator OpenVINO lacks, embeddings that drift: torch still runs it
-                raise OpenVinoUnavailable(f"converting it failed ({' '.join(str(exc).split()) or type(exc).__name__})"
-                                          ) from None
+                reason = f"converting it failed ({' '.join(str(exc).split()) or type(exc).__name__})"
+                with contextlib.suppress(OSError), atomic_file(folder.with_name(folder.name + FAILED_SUFFIX)) as fh:
+                    fh.write(reason + "\n")  # remembered per model and OpenVINO version
+                raise OpenVinoUnavailable(reason) from None
             try:
                 os.replace(staging, folder)
             except OSError:  # another process converted it meanwhile: theirs serves

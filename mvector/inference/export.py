@@ -72,6 +72,7 @@ class _Exporter:
         return max(math.ceil(MIN_DURATION * self.sample_rate), self.embedder.min_samples())
 
     def program(self):
+        check_exportable(self.embedder)
         if self._program is None:
             # DYNAMIC dims: torch infers the constraints the graph implies (true for every length from the
             # minimum on) instead of failing on guards it cannot prove; it still fails if an axis is frozen.
@@ -124,8 +125,15 @@ def export_onnx(exporter: _Exporter, out_dir: Path) -> Path:
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     waves, lengths = exporter.check
-    exporter.verify(path, session.run([OUTPUT_NAME], {INPUT_NAMES[0]: waves.numpy(),
-                                                       INPUT_NAMES[1]: lengths.numpy()})[0])
+    try:
+        embeddings = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: waves.numpy(), INPUT_NAMES[1]: lengths.numpy()})[0]
+    except Exception as exc:  # ONNX Runtime's own error types: a graph that only runs at the traced sizes
+        path.unlink(missing_ok=True)
+        backbone = type(exporter.embedder.backbone).__name__
+        raise MVectorError(f"{backbone} does not export to ONNX yet: the exported graph fails on a batch of other "
+                           f"lengths than the traced one ({' '.join(str(exc).split())[:160]}); nothing was "
+                           "written. Use the torch backend for this model") from None
+    exporter.verify(path, embeddings)
     return path
 
 
@@ -163,6 +171,14 @@ def parse_formats(formats) -> list:
     for name in names:
         EXPORT_FORMATS.get_class(name, where="export: ")
     return list(dict.fromkeys(names))
+
+
+def check_exportable(embedder) -> None:
+    """MVectorError at once for a backbone whose graph does not export (``Backbone.exportable``)."""
+    backbone = embedder.backbone
+    if not getattr(backbone, "exportable", True):
+        raise MVectorError(f"{type(backbone).__name__} does not export to ONNX or OpenVINO yet: its exported graph "
+                           "only takes the traced length; nothing was written. Use the torch backend for this model")
 
 
 def converted_for_openvino(embedder, fingerprint: str, path) -> Path:

@@ -3,12 +3,14 @@ from mvector.losses.aam import AAMLoss, SubCenterLoss
 from mvector.losses.additive_margin import AMLoss, ARMLoss
 from mvector.losses.cross_entropy import CELoss
 from mvector.losses.margin_scheduler import MarginScheduler
+from mvector.losses.metric import GE2ELoss, TripletLoss
 from mvector.losses.sphereface2 import SphereFace2
 from mvector.losses.triplet import TripletAngularMarginLoss
 from mvector.registry import Registry
 
 LOSSES = Registry("loss")
-for _loss in (AAMLoss, AMLoss, ARMLoss, CELoss, SphereFace2, SubCenterLoss, TripletAngularMarginLoss):
+for _loss in (AAMLoss, AMLoss, ARMLoss, CELoss, GE2ELoss, SphereFace2, SubCenterLoss, TripletAngularMarginLoss,
+              TripletLoss):
     LOSSES.register(_loss)
 del _loss
 
@@ -19,4 +21,4 @@ def build_loss(name, **kwargs):
 
 
 __all__ = ["LOSSES", "build_loss", "MarginScheduler", "AAMLoss", "AMLoss", "ARMLoss", "CELoss",
-           "SphereFace2", "SubCenterLoss", "TripletAngularMarginLoss"]
+           "GE2ELoss", "SphereFace2", "SubCenterLoss", "TripletAngularMarginLoss", "TripletLoss"]

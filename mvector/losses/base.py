@@ -54,11 +54,14 @@ class Loss(nn.Module):
     """Base of classification losses: ``forward(outputs, labels) -> scalar``.
 
     ``input_type`` tells the trainer which head output the loss expects ('cosine' or 'logits');
-    ``needs_embeddings`` tells it whether to pass the embeddings as well.
+    ``needs_embeddings`` tells it whether to pass the embeddings as well; ``needs_speaker_batches``
+    that batches must be P speakers x K utterances (dataset_conf.speakers_per_batch and
+    utterances_per_speaker).
     """
 
     input_type = "cosine"
     needs_embeddings = False
+    needs_speaker_batches = False
 
     def forward(self, outputs, labels):
         labels = check_batch(type(self).__name__, outputs, labels)

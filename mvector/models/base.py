@@ -7,8 +7,11 @@ class Backbone(nn.Module):
 
     ``min_frames``: the fewest feature frames it turns into an embedding (its receptive field);
     ``cpu_batch_frames``: None, or the feature frames per forward pass beyond which a CPU batch is
-    split (the 2-D ResNets run slower per utterance once a pass outgrows the caches).
+    split (the 2-D ResNets run slower per utterance once a pass outgrows the caches);
+    ``exportable``: whether its graph exports (ONNX, OpenVINO) for every length; export refuses
+    one that does not at once, instead of converting for minutes to a graph that fails.
     """
 
     min_frames = 1
     cpu_batch_frames = None
+    exportable = True

@@ -52,6 +52,10 @@ class LSTMEncoder(Backbone):
     ``projection_relu``). Resemblyzer-like: ``num_layers=3, hidden_size=256, embd_dim=256``; the
     course project's: ``num_layers=3, hidden_size=64, bidirectional=True``."""
 
+    # torch.export unrolls the LSTM over the traced number of frames: the graph fails on any other
+    # length (and OpenVINO takes minutes to convert it). It runs through torch.
+    exportable = False
+
     def __init__(self, input_size, embd_dim=256, hidden_size=256, num_layers=3, bidirectional=False,
                  pooling_type="TAP", projection_relu=True):
         super().__init__()

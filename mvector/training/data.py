@@ -172,6 +172,10 @@ class SpeakerCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self._item_utterance)
 
+    def item_labels(self) -> np.ndarray:
+        """The speaker label of every item this epoch (base labels, before any speed classes)."""
+        return np.array([self.utterances[u].label for u in self._item_utterance], dtype=np.int64)
+
     def item_key(self, index: int) -> tuple:
         """The full description ``(utterance, visit, epoch)`` of item ``index`` this epoch."""
         return int(self._item_utterance[index]), int(self._item_visit[index]), self.epoch
@@ -272,10 +276,95 @@ class CropSampler(Sampler):
             yield self.dataset.item_key(int(index))
 
 
+class SpeakerBatchSampler:
+    """Batches of ``speakers`` different speakers x ``utterances`` crops each (P x K), for the losses
+    that compare a speaker's utterances with each other (GE2E, the plain triplet loss).
+
+    Each epoch (a function of seed and epoch alone, so a resumed run replays it) every speaker's
+    items are shuffled and cut into groups of K (a speaker with fewer than K items repeats some);
+    the groups, shuffled, fill batches of P groups of distinct speakers. Under DDP rank r takes every
+    num_replicas-th batch, the count cut to a multiple of the ranks: disjoint batches, the same
+    number on every rank. Call ``set_epoch`` before each epoch (it also sets the dataset's).
+    """
+
+    def __init__(self, dataset: SpeakerCropDataset, speakers: int, utterances: int, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        if speakers < 2 or utterances < 2:
+            raise ConfigError(f"P x K batches need at least 2 speakers of at least 2 utterances, got {speakers} x "
+                              f"{utterances}")
+        if not 0 <= rank < num_replicas:
+            raise ConfigError(f"SpeakerBatchSampler: rank {rank} is not in [0, {num_replicas})")
+        self.dataset, self.speakers, self.utterances = dataset, speakers, utterances
+        self.seed, self.num_replicas, self.rank = int(seed) % (1 << 64), num_replicas, rank
+        self.epoch = 0
+        self._plan = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.dataset.set_epoch(epoch)
+        self._plan = None
+
+    def _batches(self) -> list:
+        if self._plan is not None and self._plan[0] == (self.epoch, len(self.dataset)):
+            return self._plan[1]
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        labels = self.dataset.item_labels()
+        groups = []
+        for label in np.unique(labels):
+            items = rng.permutation(np.flatnonzero(labels == label))
+            count = max(1, len(items) // self.utterances)
+            groups += [(int(label), chunk) for chunk in np.resize(items, count * self.utterances).reshape(count, -1)]
+        if len({label for label, _ in groups}) < self.speakers:
+            raise ConfigError(f"dataset_conf.speakers_per_batch is {self.speakers}, but the training list holds "
+                              f"{len({label for label, _ in groups})} speakers")
+        pending = [groups[i] for i in rng.permutation(len(groups))]
+        # The same count every epoch (the resume arithmetic counts steps per epoch).
+        target = len(groups) // self.speakers
+        batches = []
+        while len(pending) >= self.speakers:
+            chosen, seen, rest = [], set(), []
+            for label, chunk in pending:
+                if len(chosen) < self.speakers and label not in seen:
+                    chosen.append(chunk)
+                    seen.add(label)
+                else:
+                    rest.append((label, chunk))
+            if len(chosen) < self.speakers:
+                break  # what is left holds too few speakers for another batch
+            batches.append([self.dataset.item_key(int(i)) for chunk in chosen for i in chunk])
+            pending = rest
+        by_label = {}
+        for label, chunk in groups:
+            by_label.setdefault(label, []).append(chunk)
+        labels_left = sorted(by_label)
+        while len(batches) < target:  # the last groups shared speakers: draw the rest from all groups
+            chosen = [by_label[label][rng.integers(len(by_label[label]))]
+                      for label in rng.choice(labels_left, self.speakers, replace=False)]
+            batches.append([self.dataset.item_key(int(i)) for chunk in chosen for i in chunk])
+        batches = batches[:target]
+        batches = batches[: len(batches) - len(batches) % self.num_replicas]
+        self._plan = ((self.epoch, len(self.dataset)), batches)
+        return batches
+
+    def __len__(self) -> int:
+        return len(self._batches()) // self.num_replicas
+
+    def __iter__(self):
+        yield from self._batches()[self.rank::self.num_replicas]
+
+
+def epoch_sampler(loader: DataLoader):
+    """The object of ``loader`` whose ``set_epoch`` starts an epoch: its batch sampler for P x K
+    batches, else its sampler."""
+    return loader.batch_sampler if isinstance(loader.batch_sampler, SpeakerBatchSampler) else loader.sampler
+
+
 def build_train_loader(dataset: SpeakerCropDataset, batch_size: int, num_workers: int, seed: int,
-                       distributed: bool = False, drop_last: bool = True) -> DataLoader:
-    """A shuffling DataLoader of ``collate_waveforms`` batches; call ``loader.sampler.set_epoch(e)``
-    each epoch. ``distributed`` splits the items over the initialised torch.distributed ranks."""
+                       distributed: bool = False, drop_last: bool = True, speakers_per_batch: int | None = None,
+                       utterances_per_speaker: int | None = None) -> DataLoader:
+    """A shuffling DataLoader of ``collate_waveforms`` batches; call ``epoch_sampler(loader).set_epoch(e)``
+    each epoch. ``distributed`` splits the items over the initialised torch.distributed ranks.
+    ``speakers_per_batch`` x ``utterances_per_speaker``: P x K batches (SpeakerBatchSampler)."""
     if batch_size < 1 or num_workers < 0:
         raise ConfigError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
     num_replicas, rank = 1, 0
@@ -283,6 +372,11 @@ def build_train_loader(dataset: SpeakerCropDataset, batch_size: int, num_workers
         if not torch.distributed.is_initialized():
             raise ConfigError("build_train_loader(distributed=True) needs an initialised torch.distributed group")
         num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if speakers_per_batch is not None:
+        batches = SpeakerBatchSampler(dataset, speakers_per_batch, utterances_per_speaker, seed=seed,
+                                      num_replicas=num_replicas, rank=rank)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_waveforms,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
     sampler = CropSampler(dataset, seed=seed, num_replicas=num_replicas, rank=rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_waveforms, drop_last=drop_last, pin_memory=torch.cuda.is_available(),

@@ -32,7 +32,7 @@ from mvector.model_dir import (MODEL_FILE, TRAINING_FILE, load_state_strict, rea
 from mvector.training.augment import build_augmentation
 from mvector.training.checkpoint import load_training_state, loader_from_batch, rng_state, seed_everything, set_rng_state
 from mvector.training.curation import check_curation_conf, curated_exclusions
-from mvector.training.data import SpeakerCropDataset, build_train_loader
+from mvector.training.data import SpeakerCropDataset, build_train_loader, epoch_sampler
 from mvector.training.distillation import check_distillation_conf, init_head_from_teacher, teacher_table
 from mvector.training.distributed import init_distributed, shutdown_distributed
 from mvector.training.graph import build_train_graph, compile_errors_explained, load_pretrained, model_weights
@@ -91,7 +91,9 @@ class MVectorTrainer:
         self.dataset = SpeakerCropDataset(train_list, dataset_conf, speed_perturb=speed_perturb, seed=seed)
         self.num_classes = self.dataset.num_speakers
         self.loader = build_train_loader(self.dataset, dataset_conf["batch_size"], loader_workers(dataset_conf["num_workers"]),
-                                         seed=seed, distributed=self.ctx.is_distributed, drop_last=True)
+                                         seed=seed, distributed=self.ctx.is_distributed, drop_last=True,
+                                         speakers_per_batch=dataset_conf["speakers_per_batch"],
+                                         utterances_per_speaker=dataset_conf["utterances_per_speaker"])
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"dataset_conf.batch_size: {dataset_conf['batch_size']} is more than the "
@@ -323,7 +325,7 @@ class MVectorTrainer:
         try:
             for epoch in range(start_epoch, max_epoch + 1):
                 self._apply_curation(epoch)
-                self.loader.sampler.set_epoch(epoch)  # the dataset's epoch too: crops and augmentation
+                epoch_sampler(self.loader).set_epoch(epoch)  # the dataset's epoch too: crops and augmentation
                 skip_now = skip if epoch == start_epoch else 0
                 # A loader's iterator draws its worker seed from the global RNG, but not on every
                 # epoch (persistent workers) nor for a resumed epoch's loader alike: keep that draw
