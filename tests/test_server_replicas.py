@@ -2,7 +2,6 @@
 PostgreSQL: enrolled through one, recognised by the other within a second; erased everywhere;
 concurrent clients while others register and remove; the database restarted mid-load."""
 import io
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
