@@ -57,3 +57,37 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert training["world_size"] == WORLD and len(training["rng"]) == WORLD
     # Ranks are seeded apart (SpecAugment, dropout): their saved random streams differ.
     assert not torch.equal(training["rng"][0]["torch"], training["rng"][1]["torch"])
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_torchrun_with_speaker_batches_gives_each_rank_its_own_batches(tmp_path):
+    """GE2E on P x K batches under torchrun: each rank trains exactly its SpeakerBatchSampler share."""
+    from mvector.training.data import SpeakerBatchSampler
+
+    config = REPO / "configs" / "lstm_ge2e.yml"
+    train_list, trials = write_lists(tmp_path, per_speaker=15, num_trials=20)
+    overrides = [o for o in tiny_overrides(train_list, trials, max_epoch=1)
+                 if not o.startswith(("model_conf.model_args.channels", "dataset_conf.batch_size"))]
+    overrides += ["model_conf.model_args.hidden_size=8", "model_conf.model_args.num_layers=1",
+                  "dataset_conf.batch_size=6", "dataset_conf.speakers_per_batch=3", "dataset_conf.utterances_per_speaker=2"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+               "train.py", "--configs", str(config), "--use_gpu", "false",
+               "--save_model_path", str(tmp_path / "models"), "--log_dir", str(tmp_path / "log")]
+    for override in overrides:
+        command += ["--override", override]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", TRACE_ENV: str(tmp_path / "trace")}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    dataset = SpeakerCropDataset(train_list, load_config(config, overrides)["dataset_conf"])
+    traced = {}
+    for rank in range(WORLD):
+        sampler = SpeakerBatchSampler(dataset, 3, 2, seed=1000, num_replicas=WORLD, rank=rank)
+        sampler.set_epoch(1)
+        expected = [[utterance for utterance, _, _ in batch] for batch in sampler]
+        lines = (tmp_path / "trace" / f"rank{rank}.tsv").read_text().splitlines()
+        traced[rank] = [[int(i) for i in line.split("\t")[1].split(",")] for line in lines]
+        assert traced[rank] == expected and len(expected) > 0
+    assert len(traced[0]) == len(traced[1])
+    assert all(a != b for a, b in zip(traced[0], traced[1]))
