@@ -108,3 +108,17 @@ def test_each_system_trains_evaluates_enrols_and_recognises(system, smoke, tmp_p
         predictor.register(path, "first")
         name, score = predictor.recognition(path)
         assert name == "first" and score > 0.99
+
+
+@pytest.mark.data
+def test_a_resumed_epoch_takes_the_remaining_speaker_batches(smoke):
+    """The resume path (checkpoint.loader_from_batch) skips into a P x K epoch as into any other."""
+    from mvector.training.checkpoint import loader_from_batch
+    from mvector.training.data import build_train_loader, epoch_sampler
+
+    data = dataset(smoke[0])
+    loader = build_train_loader(data, 6, 0, seed=5, speakers_per_batch=3, utterances_per_speaker=2)
+    epoch_sampler(loader).set_epoch(2)
+    whole = [labels.tolist() for _, _, labels, _ in loader]
+    resumed = [labels.tolist() for _, _, labels, _ in loader_from_batch(loader, 4)]
+    assert len(whole) == len(loader) > 4 and resumed == whole[4:]
