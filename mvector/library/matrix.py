@@ -109,3 +109,23 @@ def check_top_k(top_k) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise VoiceprintError(f"top_k must be a positive integer, got {top_k!r}")
     return int(top_k)
+
+
+class VoiceprintStore:
+    """What every store shares on top of its own ``search`` and ``close``: recognition and the
+    context-manager protocol."""
+
+    def recognition(self, embedding: np.ndarray, threshold: float):
+        """``(name, score)`` of the closest user when ``score >= threshold``, else ``(None, score)``;
+        ``(None, None)`` for an empty library."""
+        best = self.search(embedding, top_k=1)
+        if not best:
+            return None, None
+        name, score = best[0]
+        return (name, score) if score >= threshold else (None, score)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mvector.audio import load_audio
 from mvector.library.folder import encode_audio
-from mvector.library.matrix import VoiceprintMatrix, check_embedding, check_top_k, unit, voiceprint
+from mvector.library.matrix import VoiceprintMatrix, VoiceprintStore, check_embedding, check_top_k, unit, voiceprint
 from mvector.library.names import VoiceprintError, VoiceprintUnavailable, check_new_user_name, normalize_user_name
 
 SCHEMA_VERSION = "1"
@@ -107,7 +107,7 @@ def _brief(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200]
 
 
-class PostgresVoiceprintDB:
+class PostgresVoiceprintDB(VoiceprintStore):
     """The voiceprint library in a PostgreSQL database at ``url`` (``postgresql://user@host:port/db``),
     with the same interface and guarantees as ``VoiceprintDB``."""
 
@@ -196,12 +196,6 @@ class PostgresVoiceprintDB:
         with self._lock:
             return self._voiceprints.search(query, top_k)
 
-    def recognition(self, embedding: np.ndarray, threshold: float):
-        best = self.search(embedding, top_k=1)
-        if not best:
-            return None, None
-        name, score = best[0]
-        return (name, score) if score >= threshold else (None, score)
 
     def enrolments(self):
         """Every enrolment as ``(name, key, waveform, embedding)``, for copying to another store."""
@@ -232,12 +226,6 @@ class PostgresVoiceprintDB:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __len__(self) -> int:
         with self._lock:

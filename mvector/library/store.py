@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from mvector.audio import load_audio
 from mvector.library.folder import AUDIO_SUFFIX, DB_FILE, ERASING_PREFIX, QUARANTINE_DIR, TMP_PREFIX, AudioFolder
-from mvector.library.matrix import VoiceprintMatrix, check_embedding, check_top_k, unit, voiceprint
+from mvector.library.matrix import VoiceprintMatrix, VoiceprintStore, check_embedding, check_top_k, unit, voiceprint
 from mvector.library.names import VoiceprintError, VoiceprintStorageError, check_new_user_name, normalize_user_name
 from mvector.library.sqlite import (get_meta, open_database, open_read_only, read_error, set_meta, storage_error, transaction,
                                     truncate_wal)
@@ -53,7 +53,7 @@ REEMBED_BATCH = 16
 
 
 
-class VoiceprintDB:
+class VoiceprintDB(VoiceprintStore):
     """A durable library of users' voiceprints; safe to share between processes.
 
     ``embed_fn(list of float32 waveforms at sample_rate) -> [N, E]`` is only needed to follow a
@@ -264,14 +264,6 @@ class VoiceprintDB:
             self._refresh()
             return self._voiceprints.search(query, top_k)
 
-    def recognition(self, embedding: np.ndarray, threshold: float):
-        """``(name, score)`` of the closest user when ``score >= threshold``, else ``(None, score)``;
-        ``(None, None)`` for an empty library."""
-        best = self.search(embedding, top_k=1)
-        if not best:
-            return None, None
-        name, score = best[0]
-        return (name, score) if score >= threshold else (None, score)
 
     def close(self) -> None:
         """Release the database and lock file; further calls fail. Safe to call twice."""
@@ -282,12 +274,6 @@ class VoiceprintDB:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __len__(self) -> int:
         with self._lock:
