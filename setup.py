@@ -36,6 +36,8 @@ setup(
         "diarization": ["scikit-learn", "silero-vad", "pyannote.metrics", "matplotlib"],
         # The voiceprint library on PostgreSQL (several server replicas).
         "postgres": ["psycopg[binary,pool]"],
+        # Self-supervised front-ends (WavLM, wav2vec 2.0, HuBERT, w2v-BERT 2.0): preprocess_conf HFModel.
+        "hf": ["transformers>=4.37"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

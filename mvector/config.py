@@ -212,11 +212,42 @@ def _check_embedding_windows(config: dict, where: str) -> None:
                           f"got {hop!r}")
 
 
+def _translate_hf_alias(data: dict, where: str) -> None:
+    """The reference toolkit's SSL front-end, ``preprocess_conf.use_hf_model: true`` with the model id
+    or folder in ``feature_method``, becomes ours: ``feature_method: HFModel`` reading its last layer,
+    frozen (as the reference extracts it). Its ``method_args.use_gpu`` has no counterpart: the
+    front-end runs where the model runs."""
+    pre = data.get("preprocess_conf")
+    if not isinstance(pre, dict) or "use_hf_model" not in pre:
+        return
+    pre = data["preprocess_conf"] = dict(pre)
+    use = pre.pop("use_hf_model")
+    if not isinstance(use, bool):
+        raise ConfigError(f"{where}: 'preprocess_conf.use_hf_model' must be true or false, got {use!r}")
+    if not use:
+        return
+    model, args = pre.get("feature_method"), pre.get("method_args") or {}
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}: 'preprocess_conf.use_hf_model' is true, so 'preprocess_conf.feature_method' must "
+                          f"name the Hugging Face model (a hub id or a local folder), got {model!r}")
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}: 'preprocess_conf.method_args' must be a mapping, got {type(args).__name__}")
+    unknown = [k for k in args if k != "use_gpu"]
+    if unknown:
+        raise ConfigError(f"{where}: 'preprocess_conf.method_args' with use_hf_model takes only use_gpu, got "
+                          f"{', '.join(map(repr, unknown))}; write feature_method: HFModel to pass HFModel's arguments")
+    pre["feature_method"] = "HFModel"
+    pre["method_args"] = {"model": model, "layers": "last", "freeze": True}
+
+
 def validate(data, schema, where: str, path=()):
     """Return ``data`` completed with defaults; raise ConfigError on unknown keys, wrong types or
     values out of range."""
     if data is None:
         data = {}
+    if schema is SCHEMA and isinstance(data, dict):
+        data = dict(data)
+        _translate_hf_alias(data, where)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: '{'.'.join(path)}' must be a mapping, got {type(data).__name__}")
     unknown = [k for k in data if k not in schema]
@@ -344,6 +375,7 @@ def _read_layers(path: Path, reading: tuple = ()) -> dict:
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    _translate_hf_alias(data, str(path))
     bases = data.pop("base", None)
     if bases is None:
         return data

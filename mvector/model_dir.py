@@ -1,6 +1,7 @@
 """Model directories: what the trainer writes and the predictor, eval and export read.
 
-A model directory holds ``model.pth`` (weights: ``backbone.*`` and, from training, ``classifier.*``),
+A model directory holds ``model.pth`` (weights: ``backbone.*``, ``featurizer.*`` for a learnt front-end
+and, from training, ``classifier.*``),
 ``config.yml`` (the full validated config, so the directory alone rebuilds model and front-end) and
 ``model.state`` (JSON: epoch, step, EER, MinDCF, threshold, margin, version, front-end). Training
 checkpoints add ``training.pth`` (optimizer, scheduler, scaler, margin scheduler and RNG states).
@@ -154,10 +155,13 @@ def check_state_shapes(module: torch.nn.Module, weights: dict, where: str) -> No
                                  + "; ".join(problems))
 
 
-def backbone_weights(weights: dict) -> dict:
-    """The embedding backbone's tensors of a flat state dict, keys kept: all a model directory needs
-    to embed (the classifier head and the rest serve training only)."""
-    return {k: v for k, v in weights.items() if k.startswith("backbone.")}
+EMBEDDING_PARTS = ("featurizer", "backbone")
+
+
+def embedding_weights(weights: dict) -> dict:
+    """The tensors of a flat state dict that embed (a learnt front-end's and the backbone's), keys
+    kept: all a model directory needs (the classifier head and the rest serve training only)."""
+    return {k: v for k, v in weights.items() if k.split(".", 1)[0] in EMBEDDING_PARTS}
 
 
 def split_weights(weights: dict, prefix: str) -> dict:
@@ -168,22 +172,24 @@ def split_weights(weights: dict, prefix: str) -> dict:
 
 def load_embedder(path, device="cpu"):
     """Build the inference model of a model directory: ``(embedder, config, state)``, eval mode."""
-    from mvector.embedder import build_embedder
-
-    from mvector.embedder import build_featurizer
+    from mvector.embedder import SpeakerEmbedder, build_featurizer
     from mvector.models import build_backbone
 
     config, weights, state = read_model_dir(path)
     given = split_weights(weights, "backbone")
     where = str(Path(path) / MODEL_FILE)
+    featurizer = build_featurizer(config)
     # The config's model is first built on the meta device (no memory) and its shapes checked against
     # the file's: a config that disagrees with its weights (e.g. a huge channel count) fails here, not
     # after allocating gigabytes.
     model = config["model_conf"]
     with torch.device("meta"):
-        outline = build_backbone(model["model"], build_featurizer(config).feature_dim, **model["model_args"])
+        outline = build_backbone(model["model"], featurizer.feature_dim, **model["model_args"])
     check_state_shapes(outline, given, where)
-    embedder = build_embedder(config)
+    # A front-end's own tensors (an SSL model's layer weights), strictly too: none for Fbank and the like.
+    load_state_strict(featurizer, split_weights(weights, "featurizer"), where)
+    embedder = SpeakerEmbedder(featurizer, build_backbone(model["model"], featurizer.feature_dim,
+                                                          **model["model_args"]))
     load_state_strict(embedder.backbone, given, where)
     return embedder.to(device).eval(), config, state
 
@@ -200,7 +206,7 @@ def average_model_dirs(paths, backbone_only: bool = False) -> tuple:
     started from (a "model soup") often beats both. Every directory must hold the same model and
     front-end (``model_conf`` and ``preprocess_conf``) and the same tensors, otherwise a
     ModelMismatchError names the first that differs; ``backbone_only`` keeps and compares only the
-    embedding backbone's tensors (stages trained with different heads, or a packaged model without
+    tensors that embed (backbone and learnt front-end: ``embedding_weights``; stages trained with different heads, or a packaged model without
     one). Floating tensors are averaged in float64 and stored float32; integer ones (BatchNorm's
     batch counters) come from the last directory, as do the config and state (its per-checkpoint
     scores dropped, ``averaged_from`` added).
@@ -212,7 +218,7 @@ def average_model_dirs(paths, backbone_only: bool = False) -> tuple:
     def read(path):
         config, weights, state = read_model_dir(path)
         if backbone_only:
-            weights = backbone_weights(weights)
+            weights = embedding_weights(weights)
         return config, weights, state
 
     config, weights, state = read(paths[-1])

@@ -45,7 +45,7 @@ from mvector.training.corpus import create_data_lists
 from mvector.errors import ConfigError, MVectorError
 from mvector.evaluation import evaluate_trials
 from mvector.lists import read_trials
-from mvector.model_dir import (TRAINING_FILE, backbone_weights, load_embedder, read_model_dir,
+from mvector.model_dir import (TRAINING_FILE, embedding_weights, load_embedder, read_model_dir,
                                save_model_dir)
 from mvector.inference.predictor import MVectorPredictor
 from mvector.training.trainer import MVectorTrainer
@@ -211,7 +211,7 @@ def train(name: str, config: dict, args) -> dict:
     seconds = time.monotonic() - started
     steps_run = args.steps - resumed_step
     saved, weights, saved_state = read_model_dir(last)
-    save_model_dir(folder / FINAL_MODEL, backbone_weights(weights), saved,
+    save_model_dir(folder / FINAL_MODEL, embedding_weights(weights), saved,
                    {k: saved_state[k] for k in ("epoch", "step") if k in saved_state}, half=True)
     return {"device": str(trainer.device), "steps_per_epoch": trainer.steps_per_epoch,
             "epochs": round(args.steps / trainer.steps_per_epoch, 3), "final_lr": state.get("lr"),

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mvector.inference.threshold import calibrate
-from mvector.model_dir import backbone_weights, read_model_dir, save_model_dir
+from mvector.model_dir import embedding_weights, read_model_dir, save_model_dir
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     out = Path(args.out_dir) if args.out_dir else ROOT / "mvector" / "pretrained" / args.name
     kept = {k: state[k] for k in KEEP_STATE if k in state}
     documents = {name: (out / name).read_bytes() for name in DOCUMENTS if (out / name).is_file()}
-    save_model_dir(out, backbone_weights(weights), config, kept, half=True)
+    save_model_dir(out, embedding_weights(weights), config, kept, half=True)
     for name, content in documents.items():
         (out / name).write_bytes(content)
     result = calibrate(out, args.trials)

@@ -1,4 +1,5 @@
-"""Batched acoustic front-ends in plain torch: Kaldi Fbank and librosa-style STFT features.
+"""Batched acoustic front-ends: Kaldi Fbank and librosa-style STFT features in plain torch, and
+self-supervised models through transformers (``HFModel``, mvector.features.ssl).
 
 Every featurizer maps ``(waveforms[B, N] float in [-1, 1], lengths[B])`` to
 ``(features[B, T, D] float32, frame_lengths[B] long)``. Rows are padded utterances; the
@@ -15,10 +16,11 @@ from torch import nn
 from mvector.errors import ConfigError
 from mvector.features.base import FEATURIZERS, KALDI_WINDOWS, PAD_MODES, STFT_WINDOWS, valid_mask
 from mvector.features.kaldi import Fbank
+from mvector.features.ssl import HFModel
 from mvector.features.stft import MFCC, MelSpectrogram, Spectrogram
 
-__all__ = ["AudioFeaturizer", "FEATURIZERS", "KALDI_WINDOWS", "PAD_MODES", "STFT_WINDOWS", "Fbank", "MFCC",
-           "MelSpectrogram", "Spectrogram"]
+__all__ = ["AudioFeaturizer", "FEATURIZERS", "KALDI_WINDOWS", "PAD_MODES", "STFT_WINDOWS", "Fbank", "HFModel",
+           "MFCC", "MelSpectrogram", "Spectrogram"]
 
 
 class AudioFeaturizer(nn.Module):
@@ -45,6 +47,9 @@ class AudioFeaturizer(nn.Module):
 
     def num_frames(self, num_samples: int) -> int:
         return self.featurizer.num_frames(num_samples)
+
+    def pinned_args(self) -> dict:
+        return self.featurizer.pinned_args()
 
     def forward(self, waveforms, lengths=None):
         features, frame_lengths = self.featurizer(waveforms, lengths)

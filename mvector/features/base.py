@@ -34,7 +34,13 @@ def valid_mask(lengths, size):
 
 
 class Featurizer(nn.Module):
-    """Shared input checks, float32/no-autocast compute and masking of padded frames."""
+    """Shared input checks, float32/no-autocast compute and masking of padded frames.
+
+    ``exportable``: whether it exports to ONNX and OpenVINO (``export_refusal`` says why not).
+    """
+
+    exportable = True
+    export_refusal = None
 
     def __init__(self, sample_rate):
         super().__init__()
@@ -52,6 +58,11 @@ class Featurizer(nn.Module):
     def _compute(self, waveforms, lengths, frame_lengths):
         """Features [B, T, D] of float32 waveforms [B, N]; padded frames may hold anything."""
         raise NotImplementedError
+
+    def pinned_args(self) -> dict:
+        """Constructor arguments that pin down what was loaded (an SSL model's weights), written into
+        the config of every model directory trained with it."""
+        return {}
 
     def num_frames(self, num_samples: int) -> int:
         return int(self.frame_lengths(torch.tensor([int(num_samples)]))[0])

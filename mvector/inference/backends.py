@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from mvector.device import choose_device
-from mvector.embedder import build_featurizer
 from mvector.errors import MVectorError, ModelMismatchError
 from mvector.fileio import atomic_file, cache_dir
 from mvector.inference.contract import (CONVERTED_FILE, FINGERPRINT_KEY, INPUT_NAMES, INT8_ONNX_FILE, ONNX_FILE,
@@ -141,7 +140,7 @@ class ExportedGraphBackend:
                                      f"got inputs {inputs} and outputs {outputs}; was it written by mvector.inference.export?")
         if not isinstance(self.embd_dim, int):
             raise ModelMismatchError(f"{self.onnx_path}: the embedding size is not fixed in the graph")
-        self.sample_rate = build_featurizer(self.config).sample_rate
+        self.sample_rate = self.config["dataset_conf"]["sample_rate"]  # the featurizer's (checked when loaded)
 
     def _open(self, use_gpu: bool) -> tuple:
         """Load ``self.onnx_path``; return (input names, output names, embedding size or None, the
@@ -305,7 +304,7 @@ class ConvertedOpenVinoBackend(OpenVinoRunner):
             model = openvino_core().read_model(str(folder / CONVERTED_FILE))
         self.converted_path = folder / CONVERTED_FILE
         self.compile(model, CACHE_DIR=str(folder / "compiled"))
-        self.sample_rate = build_featurizer(self.config).sample_rate
+        self.sample_rate = self.config["dataset_conf"]["sample_rate"]  # the featurizer's (checked when loaded)
         self.embd_dim = model.outputs[0].get_partial_shape()[1].get_length()
 
     def fingerprint(self) -> str:

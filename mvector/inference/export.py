@@ -174,8 +174,10 @@ def parse_formats(formats) -> list:
 
 
 def check_exportable(embedder) -> None:
-    """MVectorError at once for a backbone whose graph does not export (``Backbone.exportable``)."""
-    backbone = embedder.backbone
+    """MVectorError at once for a front-end or backbone whose graph does not export (their ``exportable``)."""
+    featurizer, backbone = embedder.featurizer.featurizer, embedder.backbone
+    if not featurizer.exportable:
+        raise MVectorError(featurizer.export_refusal)
     if not getattr(backbone, "exportable", True):
         raise MVectorError(f"{type(backbone).__name__} does not export to ONNX or OpenVINO yet: its exported graph "
                            "only takes the traced length; nothing was written. Use the torch backend for this model")
@@ -208,6 +210,7 @@ def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=N
     if int8_calibration is not None and "onnx" not in names:
         raise ConfigError("int8 quantization starts from the float32 ONNX graph: add 'onnx' to the formats")
     embedder, _, _ = load_embedder(model_dir, "cpu")
+    check_exportable(embedder)  # before anything is written
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if out_dir.resolve() != model_dir.resolve():

@@ -33,9 +33,11 @@ class TrainGraph(nn.Module):
 
     @property
     def parts(self) -> dict:
-        """The parts saved in model.pth; a loss part only for losses with tensors of their own
-        (SphereFace2's bias)."""
+        """The parts saved in model.pth; a featurizer part only for front-ends with tensors of their own,
+        a loss part only for losses with them (SphereFace2's bias)."""
         parts = {"backbone": self.backbone, "classifier": self.classifier}
+        if self.featurizer.state_dict():  # a learnt front-end (an SSL model's layer weights)
+            parts["featurizer"] = self.featurizer
         if self.loss.state_dict():
             parts["loss"] = self.loss
         return parts

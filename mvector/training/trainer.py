@@ -101,6 +101,8 @@ class MVectorTrainer:
 
         self.graph = build_train_graph(conf, self.num_classes, augmentation, distillation["weight"]).to(self.device)
         self.featurizer, self.backbone = self.graph.featurizer, self.graph.backbone
+        # Every model directory it writes pins what the front-end loaded (an SSL model's weights).
+        conf["preprocess_conf"]["method_args"].update(self.featurizer.pinned_args())
         self.classifier, self.loss = self.graph.classifier, self.graph.loss
         self.teacher = None
         if distillation["teacher"] is not None:
