@@ -392,16 +392,20 @@ def _read_layers(path: Path, reading: tuple = ()) -> dict:
 
 def load_config(paths, overrides=None) -> dict:
     """Read one YAML config, or several each laid over the ones before it (``layer_config``: e.g. a
-    backbone's file completed by a training recipe), apply the overrides and validate; the result
-    holds every key, defaults filled in."""
-    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    if not paths:
+    backbone's file completed by a training recipe; a layer may also be a mapping already in memory),
+    apply the overrides and validate; the result holds every key, defaults filled in."""
+    layers = [paths] if isinstance(paths, (str, Path, dict)) else list(paths)
+    if not layers:
         raise ConfigError("no config file given")
-    data = {}
-    for path in paths:
-        data = layer_config(data, _read_layers(path), where=str(path))
+    data, names = {}, []
+    for layer in layers:
+        name = "<layer in memory>" if isinstance(layer, dict) else str(layer)
+        if isinstance(layer, dict):
+            _translate_hf_alias(layer, name)
+        data = layer_config(data, layer if isinstance(layer, dict) else _read_layers(Path(layer)), where=name)
+        names.append(name)
     data = apply_overrides(data, overrides)
-    return validate(data, SCHEMA, where=" + ".join(str(p) for p in paths))
+    return validate(data, SCHEMA, where=" + ".join(names))
 
 
 def config_from_dict(data: dict, where: str = "<config>") -> dict:

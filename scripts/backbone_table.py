@@ -1,11 +1,13 @@
-"""The README's backbone table: the six backbones trained with one recipe and one budget, then scored.
+"""The README's backbone table: the six backbones and the reference systems trained with one recipe and
+one budget, then scored.
 
     python scripts/backbone_table.py --steps 3000 [--backbones TDNN Res2Net] [--out models/backbone_table]
         [--recipe configs/recipes/backbone_table.yml] [--trials ../shared/data/dev/trials.tsv]
         [--data_root ../shared/data] [--use_gpu] [--train_only] [--override KEY=VALUE ...]
 
-Run from the repository root. For each backbone, its config (``configs/<backbone>.yml``: model and
-front-end) with the recipe laid over it (``mvector.config.load_config``; ``--override``
+Run from the repository root. For each row, its config (``configs/<backbone>.yml``: model and
+front-end; ``BACKBONE_CONFIGS``) with the recipe laid over it (a reference system, e.g. the LSTM with
+GE2E, keeps its own loss and P x K batches: ``OWN_KEYS``) (``mvector.config.load_config``; ``--override``
 applies to every backbone alike) is trained by ``MVectorTrainer`` for exactly ``--steps`` steps into
 ``OUT/<backbone>/``; its embedding backbone is kept in fp16 as ``OUT/<backbone>/final`` and the
 training facts in ``OUT/<backbone>.train.json``. The final model is then scored on the trial list
@@ -31,9 +33,11 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 import torch
 
 from mvector import __version__
@@ -54,15 +58,33 @@ from mvector.training.trainer import MVectorTrainer
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("backbone_table")
 
-# The six backbones in table order, each with its config in configs/.
+@dataclass(frozen=True)
+class TableRow:
+    config: str              # its file in configs/
+    model: str               # the backbone that file names
+    own_loss: bool = False   # keeps its file's loss and P x K batches (OWN_KEYS) under the recipe
+    default: bool = True     # run unless --backbones names rows
+
+
+# The table's rows in order: the six backbones with the recipe's AAM loss, then the reference systems
+# with their own losses; the SSL row needs an SSL model's folder (--override
+# preprocess_conf.method_args.model=DIR, run alone), so it runs only when named.
 BACKBONE_CONFIGS = {
-    "CAMPPlus": "cam++.yml",
-    "EcapaTdnn": "ecapa_tdnn.yml",
-    "ERes2Net": "eres2net.yml",
-    "ResNetSE": "resnet_se.yml",
-    "Res2Net": "res2net.yml",
-    "TDNN": "tdnn.yml",
+    "CAMPPlus": TableRow("cam++.yml", "CAMPPlus"),
+    "EcapaTdnn": TableRow("ecapa_tdnn.yml", "EcapaTdnn"),
+    "ERes2Net": TableRow("eres2net.yml", "ERes2Net"),
+    "ResNetSE": TableRow("resnet_se.yml", "ResNetSE"),
+    "Res2Net": TableRow("res2net.yml", "Res2Net"),
+    "TDNN": TableRow("tdnn.yml", "TDNN"),
+    "LSTM_GE2E": TableRow("lstm_ge2e.yml", "LSTMEncoder", own_loss=True),
+    "Transformer_Triplet": TableRow("transformer_triplet.yml", "TransformerEncoder", own_loss=True),
+    "ResCNN_Triplet": TableRow("rescnn_triplet.yml", "ResCNN", own_loss=True),
+    "WavLM_EcapaTdnn": TableRow("wavlm_ecapa.yml", "EcapaTdnn", default=False),
 }
+# What a row with its own loss takes from its config rather than from the recipe (the epochs follow:
+# P x K epochs have their own length).
+OWN_KEYS = ("loss_conf", "dataset_conf.speakers_per_batch", "dataset_conf.utterances_per_speaker",
+            "train_conf.max_epoch")
 DEFAULT_RECIPE = ROOT / "configs" / "recipes" / "backbone_table.yml"
 DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "data"
 # The config sections the recipe owns: equal for every row of one table.
@@ -82,12 +104,13 @@ FINAL_MODEL = "final"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, required=True, help="training steps of every backbone (the budget)")
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONE_CONFIGS), choices=list(BACKBONE_CONFIGS),
-                        metavar="NAME", help=f"backbones to run (default: all): {', '.join(BACKBONE_CONFIGS)}")
+    parser.add_argument("--backbones", nargs="+", default=[n for n, row in BACKBONE_CONFIGS.items() if row.default],
+                        choices=list(BACKBONE_CONFIGS), metavar="NAME",
+                        help=f"rows to run (default: all but the SSL row): {', '.join(BACKBONE_CONFIGS)}")
     parser.add_argument("--out", default="models/backbone_table", help="folder of the runs, JSONs and table.md")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="training recipe laid over each backbone config")
     parser.add_argument("--configs_dir", default=str(ROOT / "configs"),
-                        help=f"folder of the backbone configs ({', '.join(BACKBONE_CONFIGS.values())})")
+                        help=f"folder of the row configs ({', '.join(r.config for r in BACKBONE_CONFIGS.values())})")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="set a config key for every backbone, e.g. dataset_conf.num_workers=4 (repeatable)")
     parser.add_argument("--trials", default=str(DEFAULT_DATA_ROOT / "dev" / "trials.tsv"),
@@ -112,12 +135,20 @@ def parse_args(argv=None):
 
 
 def backbone_config(name: str, configs_dir, recipe, overrides) -> dict:
-    """The backbone's config with the recipe laid over it, then the overrides; validated."""
-    path = Path(configs_dir) / BACKBONE_CONFIGS[name]
-    config = load_config([path, recipe], overrides)
-    if config["model_conf"]["model"] != name:
+    """The row's config with the recipe laid over it (and for a row with its own loss, that loss and its
+    P x K batches laid back over the recipe), then the overrides; validated."""
+    row = BACKBONE_CONFIGS[name]
+    path = Path(configs_dir) / row.config
+    layers = [path, recipe]
+    if row.own_loss:
+        own = yaml.safe_load(path.read_text(encoding="utf-8"))
+        layers.append({"loss_conf": own["loss_conf"],
+                       "dataset_conf": {k: own["dataset_conf"][k] for k in
+                                        ("batch_size", "speakers_per_batch", "utterances_per_speaker")}})
+    config = load_config(layers, overrides)
+    if config["model_conf"]["model"] != row.model:
         raise ConfigError(f"{path} + {recipe}: model_conf.model is {config['model_conf']['model']!r}, "
-                          f"expected {name!r} (the recipe must not set model_conf)")
+                          f"expected {row.model!r} (the recipe must not set model_conf)")
     return config
 
 
@@ -140,7 +171,9 @@ def steps_per_epoch(config: dict) -> int:
     dataset_conf = config["dataset_conf"]
     seed = config["train_conf"]["seed"]
     dataset = SpeakerCropDataset(dataset_conf["train_list"], dataset_conf, preload=False, seed=seed)
-    count = len(build_train_loader(dataset, dataset_conf["batch_size"], 0, seed=seed))
+    count = len(build_train_loader(dataset, dataset_conf["batch_size"], 0, seed=seed,
+                                   speakers_per_batch=dataset_conf["speakers_per_batch"],
+                                   utterances_per_speaker=dataset_conf["utterances_per_speaker"]))
     if count == 0:
         raise ConfigError(f"dataset_conf.batch_size {dataset_conf['batch_size']} is more than the {len(dataset)} "
                           f"training samples of {dataset_conf['train_list']}")
@@ -171,17 +204,24 @@ def _flatten(data, prefix=""):
     return flat
 
 
-def recipe_differences(first: dict, second: dict) -> str:
-    """'' when alike (NEUTRAL_KEYS aside), else the first differing keys with both values."""
+def recipe_differences(first: dict, second: dict, ignore=()) -> str:
+    """'' when alike (NEUTRAL_KEYS and the keys under ``ignore`` aside), else the first differing keys
+    with both values."""
     first_flat, second_flat = _flatten(first), _flatten(second)
     differing = sorted(k for k in first_flat.keys() | second_flat.keys()
-                       if k not in NEUTRAL_KEYS and first_flat.get(k) != second_flat.get(k))
+                       if k not in NEUTRAL_KEYS and not k.startswith(tuple(ignore))
+                       and first_flat.get(k) != second_flat.get(k))
     return "; ".join(f"{k}: {first_flat.get(k)!r} vs {second_flat.get(k)!r}" for k in differing[:3])
 
 
-def check_made_alike(saved: dict, current: dict, where: str) -> None:
+def own_keys(*names) -> tuple:
+    """The keys two rows may differ in: those of a row with its own loss."""
+    return OWN_KEYS if any(BACKBONE_CONFIGS[name].own_loss for name in names) else ()
+
+
+def check_made_alike(saved: dict, current: dict, where: str, ignore=()) -> None:
     """A result or checkpoint made with another recipe or budget must not join this table."""
-    differences = recipe_differences(saved, current)
+    differences = recipe_differences(saved, current, ignore)
     if differences:
         raise MVectorError(f"{where} was made with another recipe or budget (there vs now: {differences}); "
                            f"pass another --out, or delete it to redo it")
@@ -259,7 +299,7 @@ def cpu_rtf(model_dir, trials, repeats: int) -> float:
 
 def train_backbone(name: str, config: dict, recipe: dict, args) -> dict:
     """Train one backbone; what its ``.train.json`` holds."""
-    trained = {"backbone": name, "config": shown(Path(args.configs_dir) / BACKBONE_CONFIGS[name]),
+    trained = {"backbone": name, "config": shown(Path(args.configs_dir) / BACKBONE_CONFIGS[name].config),
                "recipe_file": shown(args.recipe),
                "steps": args.steps, "batch_size": config["dataset_conf"]["batch_size"],
                "seed": config["train_conf"]["seed"], "overrides": args.override}
@@ -334,18 +374,18 @@ def main(argv=None) -> int:
         ensure_train_list(configs[names[0]], args.data_root)
         if not args.train_only and not Path(args.trials).is_file():
             raise MVectorError(f"--trials: trial list not found: {args.trials}")
-        epoch_steps = steps_per_epoch(configs[names[0]])
-        if args.steps % epoch_steps:
-            logger.warning("--steps %d is not a whole number of epochs (%d steps each): the cosine LR ends "
-                           "above its floor; %d or %d steps would end it there", args.steps, epoch_steps,
-                           args.steps // epoch_steps * epoch_steps or epoch_steps,
-                           math.ceil(args.steps / epoch_steps) * epoch_steps)
-        budget = budget_overrides(args.steps, epoch_steps, args.use_gpu)
-        configs = {name: config_from_dict(apply_overrides(config, budget), where=f"{name} + budget")
-                   for name, config in configs.items()}
+        for name in names:  # P x K rows have epochs of their own length
+            epoch_steps = steps_per_epoch(configs[name])
+            if args.steps % epoch_steps:
+                logger.warning("%s: --steps %d is not a whole number of epochs (%d steps each): the cosine LR "
+                               "ends above its floor; %d or %d steps would end it there", name, args.steps,
+                               epoch_steps, args.steps // epoch_steps * epoch_steps or epoch_steps,
+                               math.ceil(args.steps / epoch_steps) * epoch_steps)
+            configs[name] = config_from_dict(apply_overrides(configs[name], budget_overrides(
+                args.steps, epoch_steps, args.use_gpu)), where=f"{name} + budget")
         recipe = recipe_of(configs[names[0]], args.trials)
         for name in names[1:]:  # a key the recipe leaves out comes from each backbone's own config
-            differences = recipe_differences(recipe, recipe_of(configs[name], args.trials))
+            differences = recipe_differences(recipe, recipe_of(configs[name], args.trials), own_keys(names[0], name))
             if differences:
                 raise ConfigError(f"{args.recipe} leaves keys to the backbone configs, and {names[0]}'s and "
                                   f"{name}'s differ ({differences}): set them in the recipe")
@@ -353,7 +393,7 @@ def main(argv=None) -> int:
         for name in BACKBONE_CONFIGS:  # every row of the table, not only this run's
             for path in (out / f"{name}.json", out / f"{name}{TRAINED_SUFFIX}"):
                 if path.is_file():
-                    check_made_alike(read_result(path)["recipe"], recipe, str(path))
+                    check_made_alike(read_result(path)["recipe"], recipe, str(path), own_keys(names[0], name))
         for name in names:
             path, trained_path = out / f"{name}.json", out / f"{name}{TRAINED_SUFFIX}"
             if path.is_file():

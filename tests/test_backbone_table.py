@@ -187,6 +187,25 @@ def test_a_recipe_setting_the_model_is_refused(tmp_path):
         script.backbone_config("Res2Net", REPO / "configs", recipe, [])
 
 
+@pytest.mark.parametrize("row, loss", [("LSTM_GE2E", "GE2ELoss"), ("Transformer_Triplet", "TripletLoss"),
+                                       ("ResCNN_Triplet", "TripletLoss")])
+def test_a_reference_system_keeps_its_loss_and_batches_under_the_recipe(row, loss):
+    """The recipe sets crops, augmentation, optimiser and schedule for every row; a reference system
+    keeps its own loss and P x K batches, and only those keys may differ from the AAM rows."""
+    script = load_script()
+    recipe = REPO / "configs" / "recipes" / "backbone_table.yml"
+    system = script.backbone_config(row, REPO / "configs", recipe, [])
+    aam = script.backbone_config("TDNN", REPO / "configs", recipe, [])
+    assert system["loss_conf"]["loss"] == loss and aam["loss_conf"]["loss"] == "AAMLoss"
+    assert (system["dataset_conf"]["speakers_per_batch"], system["dataset_conf"]["utterances_per_speaker"]) == (16, 4)
+    assert system["optimizer_conf"] == aam["optimizer_conf"]
+    assert system["dataset_conf"]["max_duration"] == aam["dataset_conf"]["max_duration"] == 2.0
+    trials = REPO / "configs"
+    assert script.recipe_differences(script.recipe_of(aam, trials), script.recipe_of(system, trials))
+    assert not script.recipe_differences(script.recipe_of(aam, trials), script.recipe_of(system, trials),
+                                         script.own_keys("TDNN", row))
+
+
 @pytest.mark.slow
 @pytest.mark.data
 def test_trained_on_a_device_and_scored_here(table_run, tmp_path, monkeypatch):
