@@ -36,11 +36,13 @@ def valid_mask(lengths, size):
 class Featurizer(nn.Module):
     """Shared input checks, float32/no-autocast compute and masking of padded frames.
 
-    ``exportable``: whether it exports to ONNX and OpenVINO (``export_refusal`` says why not).
+    ``exportable``: whether it exports to ONNX and OpenVINO (``export_refusal`` says why not);
+    ``may_leave_parameters_unused``: whether a training step may leave trainable tensors without gradients.
     """
 
     exportable = True
     export_refusal = None
+    may_leave_parameters_unused = False
 
     def __init__(self, sample_rate):
         super().__init__()

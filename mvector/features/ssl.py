@@ -256,6 +256,10 @@ class HFModel(Featurizer):
             self.frozen_model._apply(fn, *args, **kwargs)
         return self
 
+    @property
+    def may_leave_parameters_unused(self) -> bool:
+        return not self.freeze  # a fine-tuned model's masking embedding, layers above the last one mixed
+
     def pinned_args(self) -> dict:
         return {"sha256": self.sha256}
 

@@ -153,9 +153,10 @@ class MVectorTrainer:
             self.backbone.compile()
         if self.ctx.is_distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Triplet losses may leave the head unused (no class loss): DDP must be told.
-            self.model = DistributedDataParallel(self.graph, device_ids=ids,
-                                                 find_unused_parameters=self.loss.needs_embeddings)
+            # Triplet losses may leave the head unused (no class loss), a fine-tuned SSL model some of its
+            # own tensors (e.g. its masking embedding): DDP must be told.
+            unused = self.loss.needs_embeddings or self.featurizer.featurizer.may_leave_parameters_unused
+            self.model = DistributedDataParallel(self.graph, device_ids=ids, find_unused_parameters=unused)
 
     # ------------------------------------------------------------------ checkpoints
 
