@@ -7,6 +7,7 @@ and, from training, ``classifier.*``),
 checkpoints add ``training.pth`` (optimizer, scheduler, scaler, margin scheduler and RNG states).
 Directories are written atomically: into a temporary sibling, then renamed into place.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from mvector import __version__
+from mvector.audio.spec import AudioSpec
 from mvector.config import config_from_dict, save_config
 from mvector.errors import ConfigError, ModelMismatchError
 from mvector.fileio import file_sha256, fsync_dir
@@ -247,9 +249,20 @@ def average_model_dirs(paths, backbone_only: bool = False) -> tuple:
     return config, averaged, state
 
 
+def embedding_identity(config: dict) -> dict:
+    """What in a config decides its embeddings: the front-end, the backbone and how audio is prepared
+    (not the training recipe, whose keys may come and go between releases)."""
+    return {"preprocess_conf": config["preprocess_conf"],
+            "model": {key: config["model_conf"][key] for key in ("model", "model_args")},
+            "audio": dataclasses.asdict(AudioSpec.from_config(config))}
+
+
 def model_fingerprint(path) -> str:
-    """A short hash of a model's weights and front-end: embeddings of different fingerprints differ."""
+    """A short hash of a model's weights and of what in its config decides its embeddings: embeddings
+    of different fingerprints differ, and a voiceprint library re-embeds when it changes."""
     path = Path(path)
     digest = file_sha256(path / MODEL_FILE)
-    digest.update((path / CONFIG_FILE).read_bytes())
+    config = config_from_dict(yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")),
+                              where=str(path / CONFIG_FILE))
+    digest.update(json.dumps(embedding_identity(config), sort_keys=True).encode())
     return digest.hexdigest()[:16]

@@ -197,3 +197,30 @@ def test_a_config_far_larger_than_its_weights_fails_before_allocating(tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "refused:" in done.stdout and "shape mismatch" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_fingerprint_follows_what_changes_embeddings_and_nothing_else(tmp_path):
+    """A voiceprint library re-embeds when the fingerprint changes: a recipe key added, removed or
+    changed must not cost that, while weights, front-end, backbone or windows must."""
+    import yaml
+
+    from mvector.model_dir import CONFIG_FILE, model_fingerprint
+
+    torch.manual_seed(0)
+    save_tiny(tmp_path / "m")
+    first = model_fingerprint(tmp_path / "m")
+    raw = yaml.safe_load((tmp_path / "m" / CONFIG_FILE).read_text())
+    raw["train_conf"]["max_epoch"] = 99
+    raw["dataset_conf"]["batch_size"] = 7
+    del raw["dataset_conf"]["speakers_per_batch"], raw["dataset_conf"]["utterances_per_speaker"]
+    (tmp_path / "m" / CONFIG_FILE).write_text(yaml.safe_dump(raw))
+    assert model_fingerprint(tmp_path / "m") == first
+    for key, value in (("dataset_conf", {"embed_window": 6.0}), ("dataset_conf", {"use_db_normalization": False}),
+                       ("preprocess_conf", {"mean_norm": False})):
+        changed = copy.deepcopy(raw)
+        changed[key].update(value)
+        (tmp_path / "m" / CONFIG_FILE).write_text(yaml.safe_dump(changed))
+        assert model_fingerprint(tmp_path / "m") != first, value
+    torch.manual_seed(1)
+    save_tiny(tmp_path / "other")
+    assert model_fingerprint(tmp_path / "other") != first
