@@ -99,3 +99,30 @@ def test_weights_that_do_not_fit_their_config_are_an_error_not_a_fallback(model_
         with pytest.raises(ModelMismatchError, match="shape mismatch"):
             MVectorPredictor(broken)
     assert not caplog.records
+
+
+@pytest.mark.slow
+def test_a_model_openvinos_torch_front_end_cannot_take_is_converted_through_onnx(tmp_path, cache):
+    """The LSTM exports as a scan over frames, which OpenVINO reads from ONNX but not from torch.export:
+    the default path still gets OpenVINO, with torch's embeddings at any length."""
+    pytest.importorskip("onnxscript")
+    import torch
+
+    from mvector.config import load_config
+    from mvector.embedder import build_embedder
+    from mvector.model_dir import save_model_dir
+    from mvector.models.sequence import LSTMEncoder
+    from predict_helpers import ROOT
+
+    if not LSTMEncoder.exportable:
+        pytest.skip("the LSTM exports from torch 2.6 on")
+    config = load_config(ROOT / "configs" / "lstm.yml", overrides=[
+        "model_conf.model_args.hidden_size=8", "model_conf.model_args.embd_dim=16",
+        "model_conf.model_args.bidirectional=true", "preprocess_conf.method_args.num_mel_bins=40"])
+    torch.manual_seed(0)
+    weights = {"backbone." + k: v for k, v in build_embedder(config).backbone.state_dict().items()}
+    model_dir = save_model_dir(tmp_path / "lstm", weights, config, {"threshold": 0.5})
+    predictor = MVectorPredictor(model_dir)
+    assert isinstance(predictor._backend, ConvertedOpenVinoBackend)
+    expected = MVectorPredictor(model_dir, backend="torch").embed_waveforms(_waves())
+    assert np.min(np.sum(predictor.embed_waveforms(_waves()) * expected, axis=1)) > 0.999

@@ -17,6 +17,7 @@ those it was traced with.
 import logging
 import math
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -185,18 +186,24 @@ def check_exportable(embedder) -> None:
 
 def converted_for_openvino(embedder, fingerprint: str, path) -> Path:
     """``embedder`` (of the model whose fingerprint is given) converted by OpenVINO from its
-    torch.export program (no ONNX in between), checked against torch like every export and saved as
-    ``path`` (.xml and .bin)."""
+    torch.export program (no ONNX in between; through ONNX where OpenVINO's torch front-end lacks an
+    operator, as for the LSTM's scan), checked against torch like every export and saved as ``path``
+    (.xml and .bin)."""
     ov = import_openvino()
     exporter = _Exporter(embedder, fingerprint)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as scratch:
         # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
         warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
-        model = ov.convert_model(exporter.program())
-    compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    waves, lengths = exporter.check
-    exporter.verify(path, compiled.create_infer_request().infer({0: waves.numpy(), 1: lengths.numpy()})[0])
-    ov.save_model(model, str(path), compress_to_fp16=False)
+        try:
+            model = ov.convert_model(exporter.program())
+        except MVectorError:
+            raise
+        except Exception:  # OpenVINO's conversion failures have no common type; ONNX's Scan it reads
+            model = ov.convert_model(str(export_onnx(exporter, Path(scratch))))
+        compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        waves, lengths = exporter.check
+        exporter.verify(path, compiled.create_infer_request().infer({0: waves.numpy(), 1: lengths.numpy()})[0])
+        ov.save_model(model, str(path), compress_to_fp16=False)
     return Path(path)
 
 

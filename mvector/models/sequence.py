@@ -3,7 +3,9 @@ SpeakerRecognitionFromScratch) and a Transformer encoder over subsampled frames.
 
 Padding invariance: a forward LSTM reads frames in order, so padding after an utterance never
 reaches its valid outputs; the backward direction of a bidirectional layer reads each utterance
-reversed within its own length (a gather, not packed sequences, so the graph exports); the
+reversed within its own length (a gather, not packed sequences, so the graph exports). While
+torch.export traces, the LSTMs run as a scan over frames (nn.LSTM's export unrolls the traced length
+into the graph, which then takes no other length); the
 Transformer masks padded keys in every attention and re-zeroes padded frames between its
 subsampling convolutions; every pooling counts valid frames only.
 """
@@ -11,6 +13,11 @@ import math
 
 import torch
 from torch import nn
+
+try:  # torch >= 2.6; before it, the LSTM does not export
+    from torch._higher_order_ops.scan import scan
+except ImportError:
+    scan = None
 
 from mvector.models import BACKBONES
 from mvector.models.base import Backbone
@@ -31,6 +38,30 @@ def reverse_within_lengths(x, lengths):
     return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
 
 
+def run_lstm(lstm: nn.LSTM, x):
+    """Outputs ``[B, T, H]`` of a batch-first ``lstm`` from zero states: nn.LSTM itself, or while torch.export
+    traces, the same recurrence with the same weights as a scan over frames (ONNX Scan)."""
+    if not torch.compiler.is_exporting():
+        return lstm(x)[0]
+    for layer in range(lstm.num_layers):
+        weights_hh = getattr(lstm, f"weight_hh_l{layer}")
+        gates_in = x @ getattr(lstm, f"weight_ih_l{layer}").t()
+        if lstm.bias:
+            gates_in = gates_in + getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+
+        def step(state, frame_gates, weights_hh=weights_hh):
+            hidden, cell = state
+            into, forget, candidate, out = (frame_gates + hidden @ weights_hh.t()).chunk(4, dim=-1)  # nn.LSTM's order
+            cell = torch.sigmoid(forget) * cell + torch.sigmoid(into) * torch.tanh(candidate)
+            hidden = torch.sigmoid(out) * torch.tanh(cell)
+            return (hidden, cell), hidden.clone()
+
+        zeros = x.new_zeros(x.shape[0], lstm.hidden_size)
+        _, outputs = scan(step, (zeros, zeros.clone()), gates_in.transpose(0, 1))
+        x = outputs.transpose(0, 1)
+    return x
+
+
 class BidirectionalLSTMLayer(nn.Module):
     """One bidirectional LSTM layer whose backward half sees each utterance's own frames only."""
 
@@ -40,8 +71,8 @@ class BidirectionalLSTMLayer(nn.Module):
         self.backward_lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
 
     def forward(self, x, lengths):
-        ahead, _ = self.forward_lstm(x)
-        behind, _ = self.backward_lstm(reverse_within_lengths(x, lengths))
+        ahead = run_lstm(self.forward_lstm, x)
+        behind = run_lstm(self.backward_lstm, reverse_within_lengths(x, lengths))
         return torch.cat([ahead, reverse_within_lengths(behind, lengths)], dim=-1)
 
 
@@ -52,9 +83,8 @@ class LSTMEncoder(Backbone):
     ``projection_relu``). Resemblyzer-like: ``num_layers=3, hidden_size=256, embd_dim=256``; the
     course project's: ``num_layers=3, hidden_size=64, bidirectional=True``."""
 
-    # torch.export unrolls the LSTM over the traced number of frames: the graph fails on any other
-    # length (and OpenVINO takes minutes to convert it). It runs through torch.
-    exportable = False
+    # Exported as a scan over frames (run_lstm), which needs torch >= 2.6.
+    exportable = scan is not None
 
     def __init__(self, input_size, embd_dim=256, hidden_size=256, num_layers=3, bidirectional=False,
                  pooling_type="TAP", projection_relu=True):
@@ -76,7 +106,7 @@ class LSTMEncoder(Backbone):
             lengths = lengths.to(x.device)
             x = apply_mask(x.transpose(1, 2), lengths_to_mask(lengths, x.shape[1], x.dtype)).transpose(1, 2)
         for layer in self.layers:
-            x = layer(x, lengths) if self.bidirectional else layer(x)[0]
+            x = layer(x, lengths) if self.bidirectional else run_lstm(layer, x)
         mask = lengths_to_mask(lengths, x.shape[1], x.dtype)
         return self.activation(self.projection(self.pooling(x.transpose(1, 2), mask)))
 
