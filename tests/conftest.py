@@ -3,7 +3,7 @@
 Every test module declares its tier, ``unit`` or ``integration`` (collection fails otherwise); the
 other markers say what a test needs or costs, so a run can pick what it can afford:
 
-    pytest -m "not slow"          everyday work (under two minutes)
+    pytest -m "not slow"          everyday work (a few minutes)
     pytest -m unit                the fast building-block tests alone
     pytest                        everything, as CI runs it
 
