@@ -41,6 +41,22 @@ def test_every_packaged_model_is_small_calibrated_and_documented(name):
         assert "What we changed" in card
 
 
+def test_small_names_the_distilled_ecapa_beside_the_default():
+    from mvector.inference.predictor import MVectorPredictor
+    from mvector.models import build_backbone
+    from mvector.model_dir import read_model_dir
+
+    folder = pretrained_models()["small"]
+    config, _, _ = read_model_dir(folder)
+    assert folder.name == "EcapaTdnn_Small" and folder != default_model_dir()
+    backbone = build_backbone(config["model_conf"]["model"], 80, **config["model_conf"]["model_args"])
+    assert sum(p.numel() for p in backbone.parameters()) <= 2_500_000  # the bound
+    with MVectorPredictor(model="small", backend="torch") as predictor:
+        assert predictor.model_dir == folder
+        wave = (np.sin(np.arange(32000) / 7.0) * 0.3).astype(np.float32)
+        assert predictor.predict(wave, sample_rate=16000).shape == (192,)
+
+
 def test_the_default_is_the_imported_3dspeaker_model(model_dir):
     state = json.loads((model_dir / STATE_FILE).read_text(encoding="utf-8"))
     assert model_dir.name == DEFAULT_MODEL_NAME == "CAMPPlus_3DSpeaker"

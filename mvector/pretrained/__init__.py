@@ -23,8 +23,10 @@ IMPORT_SOURCES["3dspeaker"] = _import_3dspeaker
 
 # The packaged model MVectorPredictor uses when given neither model_dir nor model.
 DEFAULT_MODEL_NAME = "CAMPPlus_3DSpeaker"
+# The small fast model: a 2 M-parameter ECAPA-TDNN distilled from the default.
+SMALL_MODEL_NAME = "EcapaTdnn_Small"
 # Names a user may give instead of a folder name (MVectorPredictor(model=...), --model).
-MODEL_ALIASES = {"default": lambda: DEFAULT_MODEL_NAME}
+MODEL_ALIASES = {"default": lambda: DEFAULT_MODEL_NAME, "small": lambda: SMALL_MODEL_NAME}
 
 
 def pretrained_models() -> dict:
