@@ -1,7 +1,4 @@
 """train.py under torchrun: two CPU processes (gloo) split the data, rank 0 alone evaluates and saves."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,7 +7,7 @@ from mvector.config import load_config
 from mvector.training.data import CropSampler, SpeakerCropDataset
 from mvector.model_dir import read_model_dir
 from mvector.training.trainer import TRACE_ENV
-from training_helpers import BASE_CONFIG, REPO, tiny_overrides, write_lists
+from training_helpers import BASE_CONFIG, REPO, tiny_overrides, torchrun_train, write_lists
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +19,7 @@ WORLD = 2
 def test_torchrun_two_cpu_processes(tmp_path):
     train_list, trials = write_lists(tmp_path, per_speaker=15, num_trials=20)
     overrides = tiny_overrides(train_list, trials, max_epoch=1)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-               "train.py", "--configs", str(BASE_CONFIG), "--use_gpu", "false",
-               "--save_model_path", str(tmp_path / "models"), "--log_dir", str(tmp_path / "log")]
-    for override in overrides:
-        command += ["--override", override]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", TRACE_ENV: str(tmp_path / "trace")}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = torchrun_train(BASE_CONFIG, overrides, tmp_path, WORLD, env={TRACE_ENV: str(tmp_path / "trace")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("training TDNN on cpu x2") == 1  # only rank 0 logs
     assert result.stderr.count("epoch 1: EER") == 1  # only rank 0 evaluates
@@ -71,13 +62,7 @@ def test_torchrun_with_speaker_batches_gives_each_rank_its_own_batches(tmp_path)
                  if not o.startswith(("model_conf.model_args.channels", "dataset_conf.batch_size"))]
     overrides += ["model_conf.model_args.hidden_size=8", "model_conf.model_args.num_layers=1",
                   "dataset_conf.batch_size=6", "dataset_conf.speakers_per_batch=3", "dataset_conf.utterances_per_speaker=2"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-               "train.py", "--configs", str(config), "--use_gpu", "false",
-               "--save_model_path", str(tmp_path / "models"), "--log_dir", str(tmp_path / "log")]
-    for override in overrides:
-        command += ["--override", override]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", TRACE_ENV: str(tmp_path / "trace")}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = torchrun_train(config, overrides, tmp_path, WORLD, env={TRACE_ENV: str(tmp_path / "trace")})
     assert result.returncode == 0, result.stderr[-3000:]
 
     dataset = SpeakerCropDataset(train_list, load_config(config, overrides)["dataset_conf"])

@@ -13,7 +13,7 @@ import torch
 from mvector.config import load_config
 from mvector.errors import ConfigError, ModelMismatchError, MVectorError
 from mvector.features import AudioFeaturizer
-from training_helpers import REPO, tiny_overrides, write_lists
+from training_helpers import REPO, tiny_overrides, torchrun_train, write_lists
 
 pytestmark = pytest.mark.integration
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
@@ -243,20 +243,12 @@ def test_a_fine_tuned_ssl_model_is_saved_with_the_model_and_reloads_to_the_same_
 def test_torchrun_fine_tunes_an_ssl_front_end_on_two_cpu_processes(smoke, tmp_path):
     """DDP over a fine-tuned SSL model whose last layer is not mixed in. (transformers 5 still gives that
     layer's tensors zero gradients; with versions that leave them without any, DDP must be told.)"""
-    import os
-
     folder = save_tiny_model(tmp_path / "w2v-bert", "w2v-bert")
     train, trials = smoke
     overrides = [o for o in tiny_overrides(train, trials, max_epoch=1) if "num_mel_bins" not in o]
     overrides += [f"preprocess_conf.method_args.model={folder}", "preprocess_conf.method_args.freeze=false",
                   "preprocess_conf.method_args.layers=[1]", "dataset_conf.batch_size=4"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               "--configs", str(CONFIGS / "wavlm_ecapa.yml"), "--use_gpu", "false",
-               "--save_model_path", str(tmp_path / "models"), "--log_dir", str(tmp_path / "log")]
-    for override in overrides:
-        command += ["--override", override]
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
+    done = torchrun_train(CONFIGS / "wavlm_ecapa.yml", overrides, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     from mvector.model_dir import read_model_dir
 

@@ -1,5 +1,8 @@
 """Tiny training set-ups on the shared smoke data, for the trainer, resume and DDP tests."""
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import soundfile as sf
@@ -62,3 +65,15 @@ def tiny_overrides(train, trials=None, augmentation=None, **train_conf):
                  "train_conf.log_interval=1", "train_conf.save_every_steps=null"]
     overrides += [f"train_conf.{key}={value}" for key, value in train_conf.items()]
     return overrides
+
+
+def torchrun_train(config, overrides, folder, processes=2, env=None):
+    """``train.py`` under torchrun on ``processes`` CPU processes (gloo, one thread each), models and
+    logs under ``folder``; the finished process, its output captured."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "train.py", "--configs", str(config), "--use_gpu", "false",
+               "--save_model_path", str(Path(folder) / "models"), "--log_dir", str(Path(folder) / "log")]
+    for override in overrides:
+        command += ["--override", override]
+    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=300)
