@@ -212,20 +212,22 @@ def _check_embedding_windows(config: dict, where: str) -> None:
                           f"got {hop!r}")
 
 
-def _translate_hf_alias(data: dict, where: str) -> None:
-    """The reference toolkit's SSL front-end, ``preprocess_conf.use_hf_model: true`` with the model id
-    or folder in ``feature_method``, becomes ours: ``feature_method: HFModel`` reading its last layer,
-    frozen (as the reference extracts it). Its ``method_args.use_gpu`` has no counterpart: the
-    front-end runs where the model runs."""
+def _translate_hf_alias(data: dict, where: str) -> dict:
+    """``data`` with the reference toolkit's SSL front-end, ``preprocess_conf.use_hf_model: true`` with
+    the model id or folder in ``feature_method``, written as ours: ``feature_method: HFModel`` reading
+    its last layer, frozen (as the reference extracts it); a new dict when it changes, ``data`` is
+    never modified. Its ``method_args.use_gpu`` has no counterpart: the front-end runs where the model
+    runs. Translated per layer, before merging: the alias replaces the front-end of the layers below."""
     pre = data.get("preprocess_conf")
     if not isinstance(pre, dict) or "use_hf_model" not in pre:
-        return
-    pre = data["preprocess_conf"] = dict(pre)
+        return data
+    pre = dict(pre)
+    data = {**data, "preprocess_conf": pre}
     use = pre.pop("use_hf_model")
     if not isinstance(use, bool):
         raise ConfigError(f"{where}: 'preprocess_conf.use_hf_model' must be true or false, got {use!r}")
     if not use:
-        return
+        return data
     model, args = pre.get("feature_method"), pre.get("method_args") or {}
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}: 'preprocess_conf.use_hf_model' is true, so 'preprocess_conf.feature_method' must "
@@ -238,6 +240,7 @@ def _translate_hf_alias(data: dict, where: str) -> None:
                           f"{', '.join(map(repr, unknown))}; write feature_method: HFModel to pass HFModel's arguments")
     pre["feature_method"] = "HFModel"
     pre["method_args"] = {"model": model, "layers": "last", "freeze": True}
+    return data
 
 
 def validate(data, schema, where: str, path=()):
@@ -246,8 +249,7 @@ def validate(data, schema, where: str, path=()):
     if data is None:
         data = {}
     if schema is SCHEMA and isinstance(data, dict):
-        data = dict(data)
-        _translate_hf_alias(data, where)
+        data = _translate_hf_alias(data, where)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: '{'.'.join(path)}' must be a mapping, got {type(data).__name__}")
     unknown = [k for k in data if k not in schema]
@@ -354,6 +356,8 @@ def layer_config(base: dict, overlay, where: str, schema=SCHEMA, path=()) -> dic
     if not isinstance(overlay, dict):
         raise ConfigError(f"{where}: '{'.'.join(path) or 'the config'}' must be a mapping, "
                           f"got {type(overlay).__name__}")
+    if schema is SCHEMA:
+        overlay = _translate_hf_alias(overlay, where)
     merged = copy.deepcopy(base) if isinstance(base, dict) else {}
     for key, value in overlay.items():
         if key not in schema:
@@ -375,7 +379,6 @@ def _read_layers(path: Path, reading: tuple = ()) -> dict:
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
-    _translate_hf_alias(data, str(path))
     bases = data.pop("base", None)
     if bases is None:
         return data
@@ -400,8 +403,6 @@ def load_config(paths, overrides=None) -> dict:
     data, names = {}, []
     for layer in layers:
         name = "<layer in memory>" if isinstance(layer, dict) else str(layer)
-        if isinstance(layer, dict):
-            _translate_hf_alias(layer, name)
         data = layer_config(data, layer if isinstance(layer, dict) else _read_layers(Path(layer)), where=name)
         names.append(name)
     data = apply_overrides(data, overrides)

@@ -257,12 +257,14 @@ def embedding_identity(config: dict) -> dict:
             "audio": dataclasses.asdict(AudioSpec.from_config(config))}
 
 
-def model_fingerprint(path) -> str:
+def model_fingerprint(path, config=None) -> str:
     """A short hash of a model's weights and of what in its config decides its embeddings: embeddings
-    of different fingerprints differ, and a voiceprint library re-embeds when it changes."""
+    of different fingerprints differ, and a voiceprint library re-embeds when it changes. ``config``:
+    the directory's validated config where the caller has read it already (``read_model_dir``)."""
     path = Path(path)
     digest = file_sha256(path / MODEL_FILE)
-    config = config_from_dict(yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")),
-                              where=str(path / CONFIG_FILE))
+    if config is None:
+        config = config_from_dict(yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")),
+                                  where=str(path / CONFIG_FILE))
     digest.update(json.dumps(embedding_identity(config), sort_keys=True).encode())
     return digest.hexdigest()[:16]

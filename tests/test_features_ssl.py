@@ -157,6 +157,11 @@ def test_the_reference_toolkits_use_hf_model_maps_onto_hfmodel(tiny_models, tmp_
                       f"  feature_method: x\n  method_args:\n    num_mel_bins: 80\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="with use_hf_model takes only use_gpu, got 'num_mel_bins'"):
         load_config(config)
+    # A layer in memory is translated the same way and left as the caller wrote it.
+    layer = {"preprocess_conf": {"use_hf_model": True, "feature_method": str(tiny_models["wavlm"])}}
+    written = {"preprocess_conf": dict(layer["preprocess_conf"])}
+    assert load_config([CONFIGS / "ecapa_tdnn.yml", layer])["preprocess_conf"]["feature_method"] == "HFModel"
+    assert layer == written
 
 
 def test_importing_mvector_does_not_import_transformers():

@@ -10,11 +10,10 @@ are non-persistent buffers (they move with ``.to()`` but stay out of checkpoints
 """
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 
 from mvector.errors import ConfigError
-from mvector.features.base import FEATURIZERS, KALDI_WINDOWS, PAD_MODES, STFT_WINDOWS, valid_mask
+from mvector.features.base import FEATURIZERS, KALDI_WINDOWS, PAD_MODES, STFT_WINDOWS, normalize_over_time
 from mvector.features.kaldi import Fbank
 from mvector.features.ssl import HFModel
 from mvector.features.stft import MFCC, MelSpectrogram, Spectrogram
@@ -54,8 +53,5 @@ class AudioFeaturizer(nn.Module):
     def forward(self, waveforms, lengths=None):
         features, frame_lengths = self.featurizer(waveforms, lengths)
         if self.mean_norm:
-            valid = valid_mask(frame_lengths, features.shape[1])[..., None]
-            counts = frame_lengths.clamp(min=1).to(features.dtype)[:, None, None]
-            mean = features.sum(dim=1, keepdim=True) / counts  # padded frames are already 0
-            features = torch.where(valid, features - mean, features.new_zeros(()))
+            features = normalize_over_time(features, frame_lengths)
         return features, frame_lengths

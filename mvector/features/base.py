@@ -33,6 +33,18 @@ def valid_mask(lengths, size):
     return torch.arange(size, device=lengths.device) < lengths[:, None]
 
 
+def normalize_over_time(x, lengths, scale=False, ddof=0, eps=1e-7):
+    """``x`` ``[B, T, ...]`` minus each row's mean over its first ``lengths`` steps (and divided by their
+    standard deviation with ``ddof`` when ``scale``); padding is ignored and comes out 0."""
+    valid = valid_mask(lengths, x.shape[1]).reshape(*x.shape[:2], *(1,) * (x.dim() - 2))
+    counts = lengths.clamp(min=1).to(x.dtype).reshape(-1, *(1,) * (x.dim() - 1))
+    centred = x - (x * valid).sum(1, keepdim=True) / counts
+    if scale:
+        var = (centred.square() * valid).sum(1, keepdim=True) / (counts - ddof).clamp(min=1)
+        centred = centred / torch.sqrt(var + eps)
+    return torch.where(valid, centred, x.new_zeros(()))
+
+
 class Featurizer(nn.Module):
     """Shared input checks, float32/no-autocast compute and masking of padded frames.
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mvector.errors import ConfigError, ModelMismatchError
-from mvector.features.base import FEATURIZERS, Featurizer, valid_mask
+from mvector.features.base import FEATURIZERS, Featurizer, normalize_over_time, valid_mask
 from mvector.features.kaldi import Fbank
 from mvector.registry import Registry
 
@@ -125,10 +125,7 @@ class WaveformInputs(nn.Module):
         """Hidden states of every layer, ``[L + 1, B, T, H]``."""
         mask = valid_mask(lengths, waveforms.shape[1])
         if self.normalize:
-            counts = lengths.clamp(min=1)[:, None].float()
-            mean = (waveforms * mask).sum(1, keepdim=True) / counts
-            var = ((waveforms - mean).square() * mask).sum(1, keepdim=True) / counts
-            waveforms = torch.where(mask, (waveforms - mean) / torch.sqrt(var + 1e-7), 0.0)
+            waveforms = normalize_over_time(waveforms, lengths, scale=True)
         if not self.one_by_one:
             return layer_states(model(waveforms, attention_mask=mask.long(), output_hidden_states=True))
         frames = int(frame_lengths.max())
@@ -160,11 +157,7 @@ class StackedFbankInputs(nn.Module):
 
     def run(self, model, waveforms, lengths, frame_lengths):
         features, fbank_lengths = self.fbank(waveforms, lengths)
-        valid = valid_mask(fbank_lengths, features.shape[1])[..., None]
-        counts = fbank_lengths.clamp(min=1)[:, None, None].float()
-        mean = features.sum(1, keepdim=True) / counts
-        var = ((features - mean).square() * valid).sum(1, keepdim=True) / (counts - 1).clamp(min=1)  # ddof=1
-        features = torch.where(valid, (features - mean) / torch.sqrt(var + 1e-7), 0.0)
+        features = normalize_over_time(features, fbank_lengths, scale=True, ddof=1)
         batch, frames, bins = features.shape
         features = nn.functional.pad(features, (0, 0, 0, -frames % self.stride))
         stacked = features.reshape(batch, -1, bins * self.stride)

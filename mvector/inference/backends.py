@@ -59,7 +59,7 @@ class TorchBackend:
         self.embd_dim = self.embedder.embd_dim
 
     def fingerprint(self) -> str:
-        return model_fingerprint(self.model_dir)
+        return model_fingerprint(self.model_dir, self.config)
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         step = self.embedder.utterances_per_pass(waveforms.shape[1], self.device)
@@ -128,7 +128,7 @@ class ExportedGraphBackend:
                                f"{self._how_to_write()}, then give {self._exported()} as the model directory "
                                f"(from Python, MVectorPredictor(onnx_path=FILE) also takes the file itself)")
         inputs, outputs, self.embd_dim, recorded = self._open(use_gpu)
-        self._fingerprint = model_fingerprint(self.model_dir)
+        self._fingerprint = model_fingerprint(self.model_dir, self.config)
         if recorded != self._fingerprint:
             source = (f"was exported from another model (fingerprint {recorded})" if recorded else
                       "records no source model (exported before mvector recorded one)")
@@ -285,7 +285,7 @@ class ConvertedOpenVinoBackend(OpenVinoRunner):
             raise MVectorError("use_gpu=True: the OpenVINO backends run on the CPU; use backend='torch' on a GPU")
         self.model_dir = Path(model_dir)
         self.config, _, self.state = read_model_dir(self.model_dir)  # a broken model directory is its own error
-        self._fingerprint = model_fingerprint(self.model_dir)
+        self._fingerprint = model_fingerprint(self.model_dir, self.config)
         try:
             ov = import_openvino()
         except MVectorError as exc:

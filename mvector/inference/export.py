@@ -216,7 +216,7 @@ def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=N
     names = parse_formats(formats)
     if int8_calibration is not None and "onnx" not in names:
         raise ConfigError("int8 quantization starts from the float32 ONNX graph: add 'onnx' to the formats")
-    embedder, _, _ = load_embedder(model_dir, "cpu")
+    embedder, config, _ = load_embedder(model_dir, "cpu")
     check_exportable(embedder)  # before anything is written
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +224,7 @@ def export_model(model_dir, out_dir, formats=DEFAULT_FORMATS, int8_calibration=N
         for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, out_dir / name)
-    exporter = _Exporter(embedder, model_fingerprint(model_dir))
+    exporter = _Exporter(embedder, model_fingerprint(model_dir, config))
     written = {name: EXPORT_FORMATS[name](exporter, out_dir) for name in names}
     if int8_calibration is not None:
         from mvector.inference.quantize import quantize_onnx
