@@ -31,6 +31,29 @@ def test_statistics_match_direct_formulas():
     torch.testing.assert_close(build_pooling("TSTP", 4)(x), torch.cat([mean, std], 1), rtol=1e-4, atol=1e-4)
 
 
+def test_attentive_pooling_attends_over_each_frame_with_the_utterances_mean_and_std():
+    """ASP's global context is ECAPA's: the attention's first layer reads [frame; mean; std] at every
+    frame (computed once per utterance for the statistics' part, which must give the same)."""
+    torch.manual_seed(0)
+    pool = build_pooling("ASP", 8).eval()
+    for module in pool.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 8, 20)
+    lengths = torch.tensor([20, 13])
+    expected = []
+    for row, length in zip(x, lengths):
+        frames = row[:, :length]
+        mean, std = frames.mean(-1), frames.var(-1, unbiased=False).clamp(min=1e-5).sqrt()
+        context = torch.cat([frames, mean[:, None].expand_as(frames), std[:, None].expand_as(frames)])
+        weights = torch.softmax(pool.attention(context[None])[0], dim=-1)
+        weighted_mean = (frames * weights).sum(-1)
+        weighted_std = ((frames.square() * weights).sum(-1) - weighted_mean.square()).clamp(min=1e-5).sqrt()
+        expected.append(torch.cat([weighted_mean, weighted_std]))
+    torch.testing.assert_close(pool(x, lengths_to_mask(lengths, 20)), torch.stack(expected), rtol=1e-4, atol=1e-4)
+
+
 def test_unbiased_statistics_pooling_is_torch_std_on_valid_frames_only():
     torch.manual_seed(0)
     pool = build_pooling("TSTP", 4, unbiased=True, var_floor=0.0)

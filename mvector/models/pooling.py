@@ -96,14 +96,20 @@ class AttentiveStatisticsPooling(nn.Module):
         self.output_dim = in_dim * 2
 
     def forward(self, x, mask=None):
-        attn_in = x
-        if self.global_context:
-            mean, std = masked_mean_std(x, mask)
-            frames = x.shape[-1]
-            attn_in = torch.cat([x, mean.unsqueeze(-1).expand(-1, -1, frames),
-                                 std.unsqueeze(-1).expand(-1, -1, frames)], dim=1)
-        weights = masked_softmax(self.attention(attn_in).float(), mask).to(x.dtype)
+        scores = self._scores_in_context(x, mask) if self.global_context else self.attention(x)
+        weights = masked_softmax(scores.float(), mask).to(x.dtype)
         return torch.cat(masked_mean_std(x, mask, weights=weights), dim=1)
+
+    def _scores_in_context(self, x, mask):
+        """The attention over ``[x; mean; std]`` at every frame, without building that input: the
+        first 1x1 convolution is linear and mean and std are the same at every frame, so their part
+        is computed once per utterance (two thirds of that layer's work saved; same weights)."""
+        first = self.attention[0]
+        on_frames, on_mean, on_std = first.weight.squeeze(-1).split(x.shape[1], dim=1)
+        mean, std = masked_mean_std(x, mask)
+        per_utterance = nn.functional.linear(mean, on_mean, first.bias) + nn.functional.linear(std, on_std)
+        hidden = nn.functional.conv1d(x, on_frames.unsqueeze(-1)) + per_utterance.unsqueeze(-1)
+        return self.attention[1:](hidden)
 
 
 def build_pooling(name: str, in_dim: int, **kwargs) -> nn.Module:
