@@ -30,18 +30,23 @@ def coloured_noise(seconds, seed, sample_rate=SAMPLE_RATE):
     return (0.1 * wav / np.abs(wav).max()).astype(np.float32)
 
 
+def fit_batchnorm_to_noise(embedder):
+    """``embedder`` in eval mode with its BatchNorm statistics fitted to varied noise: untouched
+    statistics give every input nearly the same embedding (cosines within 1e-5 of each other)."""
+    for module in embedder.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.momentum = None  # cumulative average over the calibration batch
+    with torch.no_grad():
+        embedder.train()(torch.from_numpy(np.stack([coloured_noise(1.0, seed) for seed in range(100, 116)])))
+    return embedder.eval()
+
+
 def make_model_dir(path, state=None, seed=0):
     """Random TDNN weights whose BatchNorm statistics are fitted to varied noise (so embeddings of
     different inputs differ clearly, unlike with untouched statistics), saved as a model directory."""
     config = load_config(ROOT / "configs" / "tdnn.yml", overrides=SMALL_MODEL)
     torch.manual_seed(seed)
-    embedder = build_embedder(config)
-    for module in embedder.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.momentum = None  # cumulative average over the calibration batches
-    embedder.train()
-    with torch.no_grad():
-        embedder(torch.from_numpy(np.stack([coloured_noise(1.0, seed) for seed in range(100, 116)])))
+    embedder = fit_batchnorm_to_noise(build_embedder(config))
     weights = {"backbone." + k: v for k, v in embedder.backbone.state_dict().items()}
     path = save_model_dir(path, weights, config, {"threshold": 0.5} if state is None else state)
     # Its first use converts it for OpenVINO, once, with one log line: done here, so what the tests

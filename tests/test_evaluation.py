@@ -17,7 +17,7 @@ from mvector.evaluation import evaluate_cross, evaluate_trials, extract_embeddin
 from mvector.lists import read_labelled_list, read_trials
 from mvector.metrics import as_norm, cosine_score_matrix, pair_scores, verification_metrics
 from mvector.model_dir import save_model_dir
-from predict_helpers import coloured_noise
+from predict_helpers import fit_batchnorm_to_noise
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +35,10 @@ def config():
 
 @pytest.fixture(scope="module")
 def embedder(config):
-    """Random weights with BatchNorm statistics fitted to varied noise: untouched statistics give
-    every input nearly the same embedding (cosines within 1e-5 of each other, so the order of
-    scores, and an EER, would turn on rounding)."""
+    """Random weights with fitted BatchNorm statistics: with untouched ones the order of scores, and
+    so an EER, would turn on rounding."""
     torch.manual_seed(0)
-    embedder = build_embedder(config)
-    for module in embedder.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.momentum = None  # cumulative average over the calibration batch
-    with torch.no_grad():
-        embedder.train()(torch.from_numpy(np.stack([coloured_noise(1.0, seed) for seed in range(100, 116)])))
-    return embedder.eval()
+    return fit_batchnorm_to_noise(build_embedder(config))
 
 
 def write_voice(path, seconds, pitch, seed, sample_rate=16000):
