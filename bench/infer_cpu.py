@@ -54,7 +54,7 @@ from mvector.inference.export import export_model
 from mvector.model_dir import save_model_dir
 from mvector.inference.predictor import MVectorPredictor
 from mvector.registry import Registry
-from peer import backbone_configs, default_predictor, figure, run_peer_command
+from peer import backbone_configs, default_predictor, figure, run_peer_on_workload
 from synthetic_voice import voice_like
 
 
@@ -222,13 +222,7 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_peer(peer_python, config_name, workload, repeats, threads):
     """The reference's figures (shape -> dict), or a dict with 'error' saying why there are none."""
-    if not Path(peer_python).is_file():
-        return {"error": f"peer interpreter not found: {peer_python}"}
-    with tempfile.TemporaryDirectory() as folder:
-        audio = Path(folder) / "audio.npz"
-        np.savez(audio, **{f"{shape}__{i}": wav for shape, batch in workload.items() for i, wav in enumerate(batch)})
-        return run_peer_command([peer_python, "-I", str(PEER_SCRIPT), config_name, str(audio), str(repeats),
-                                 str(threads)], folder)
+    return run_peer_on_workload(peer_python, PEER_SCRIPT, workload, config_name, repeats, threads)
 
 
 def bench_backbone(name, config_path, args, peak, workload):

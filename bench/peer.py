@@ -54,3 +54,17 @@ def run_peer_command(command, folder) -> dict:
     except (IndexError, json.JSONDecodeError):
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"peer run failed (exit {done.returncode}): {tail}"}
+
+
+def run_peer_on_workload(python, script, workload: dict, *args) -> dict:
+    """Run a peer script as ``python -I script AUDIO.npz *args`` on ``workload`` (peer_workload.py)."""
+    import tempfile
+
+    from peer_workload import write_workload
+
+    if not Path(python).is_file():
+        return {"error": f"peer interpreter not found: {python}"}
+    with tempfile.TemporaryDirectory() as folder:
+        audio = Path(folder) / "audio.npz"
+        write_workload(audio, workload)
+        return run_peer_command([str(python), "-I", str(script), str(audio), *map(str, args)], folder)

@@ -1,20 +1,21 @@
 """The reference toolkit's side of bench/infer_cpu.py: run by the peer interpreter, never by ours.
 
-    PEER_PYTHON -I bench/peer_infer.py CONFIG_NAME AUDIO.npz REPEATS THREADS
+    PEER_PYTHON -I bench/peer_infer.py AUDIO.npz CONFIG_NAME REPEATS THREADS
 
 Builds the reference's model from its packaged ``mvector/configs/CONFIG_NAME.yml`` with random
 weights, saves them as ``model.pth`` in a temporary folder, loads that through its own
 ``MVectorPredictor(use_gpu=False)`` and times ``predict`` (batch of one) or ``predict_batch`` on
-the numpy arrays of each shape in AUDIO.npz (keys ``<shape>__<index>``). Prints one JSON line
+the numpy arrays of each shape in AUDIO.npz (bench/peer_workload.py). Prints one JSON line
 last: ``{shape: {"seconds": median, "audio_seconds": ..., "flops": ...}}`` or ``{"error": ...}``.
 Run with ``-I`` from a temporary folder so that ``mvector`` is the reference, not this checkout.
 """
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # -I leaves the script's folder out
+from peer_workload import median_seconds, read_workload  # noqa: E402
 
 REFERENCE_VERSION = "1.1.7"
 SAMPLE_RATE = 16000
@@ -43,9 +44,8 @@ def build_model_dir(config_name, folder):
 
 
 def main():
-    config_name, audio_path, repeats, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    audio_path, config_name, repeats, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     try:
-        import numpy as np
         import torch
         from torch.utils.flop_counter import FlopCounterMode
         import mvector
@@ -57,17 +57,11 @@ def main():
              f"not the reference {REFERENCE_VERSION}")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    audio = np.load(audio_path)
-    shapes = {}
-    for key in audio.files:
-        shape, index = key.rsplit("__", 1)
-        shapes.setdefault(shape, []).append((int(index), audio[key]))
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         build_model_dir(config_name, folder)
         predictor = MVectorPredictor(configs=config_name, model_path=folder, use_gpu=False, log_level="error")
-        for shape, items in shapes.items():
-            batch = [wav for _, wav in sorted(items, key=lambda item: item[0])]
+        for shape, batch in read_workload(audio_path).items():
 
             def embed():
                 if len(batch) == 1:
@@ -77,12 +71,7 @@ def main():
             with FlopCounterMode(display=False) as counter:
                 embed()
             embed()  # warm-up outside the counter, as bench/infer_cpu.py does for its own paths
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                embed()
-                times.append(time.perf_counter() - start)
-            results[shape] = {"seconds": statistics.median(times), "flops": counter.get_total_flops(),
+            results[shape] = {"seconds": median_seconds(embed, repeats), "flops": counter.get_total_flops(),
                               "audio_seconds": sum(len(w) for w in batch) / SAMPLE_RATE}
     print(json.dumps(results))
 

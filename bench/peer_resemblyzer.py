@@ -9,9 +9,11 @@ batch call for separate utterances). Prints one JSON line last: ``{shape: {"seco
 "audio_seconds": ...}}`` or ``{"error": ...}``.
 """
 import json
-import statistics
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # -I leaves the script's folder out
+from peer_workload import median_seconds, read_workload  # noqa: E402
 
 SAMPLE_RATE = 16000
 
@@ -19,7 +21,6 @@ SAMPLE_RATE = 16000
 def main():
     audio_path, repeats, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     try:
-        import numpy as np
         import torch
         from resemblyzer import VoiceEncoder, preprocess_wav
     except Exception as exc:
@@ -27,25 +28,15 @@ def main():
         return
     torch.set_num_threads(threads)
     encoder = VoiceEncoder("cpu", verbose=False)
-    audio = np.load(audio_path)
-    shapes = {}
-    for key in audio.files:
-        shape, index = key.rsplit("__", 1)
-        shapes.setdefault(shape, []).append((int(index), audio[key]))
     results = {}
-    for shape, items in shapes.items():
-        batch = [wav for _, wav in sorted(items, key=lambda item: item[0])]
+    for shape, batch in read_workload(audio_path).items():
 
         def embed():
             return [encoder.embed_utterance(preprocess_wav(wav, source_sr=SAMPLE_RATE)) for wav in batch]
 
         embed()  # warm-up, as bench/infer_cpu.py does for every path
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            embed()
-            times.append(time.perf_counter() - start)
-        results[shape] = {"seconds": statistics.median(times), "audio_seconds": sum(len(w) for w in batch) / SAMPLE_RATE}
+        results[shape] = {"seconds": median_seconds(embed, repeats),
+                          "audio_seconds": sum(len(w) for w in batch) / SAMPLE_RATE}
     print(json.dumps(results))
 
 

@@ -11,34 +11,22 @@ venv holding Resemblyzer; recipe in bench/README.md). One figure per line, the v
 ``<model> <path> <shape> xRT <value>`` and ``<model> <path> <shape> ratio_vs_resemblyzer <value>``.
 """
 import argparse
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from infer_cpu import SHAPES, embed, make_workload
+from infer_cpu import SAMPLE_RATE, SHAPES, make_workload, time_path
 from mvector.inference.predictor import MVectorPredictor
 from mvector.pretrained import pretrained_model_dir
-from peer import default_predictor, figure, run_peer_command
+from peer import default_predictor, figure, run_peer_on_workload
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_resemblyzer.py"
 
 
 def our_xrt(predictor, workload, repeats) -> dict:
-    results = {}
-    for shape, batch in workload.items():
-        embed(predictor, batch)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            embed(predictor, batch)
-            times.append(time.perf_counter() - start)
-        results[shape] = sum(len(w) for w in batch) / 16000 / statistics.median(times)
-    return results
+    return {shape: sum(len(w) for w in workload[shape]) / SAMPLE_RATE / seconds
+            for shape, (seconds, _) in time_path(predictor, workload, repeats).items()}
 
 
 def main():
@@ -54,11 +42,7 @@ def main():
                              args.repeats)}
     ours["default"] = our_xrt(default_predictor(pretrained_model_dir(args.model), args.threads), workload,
                               args.repeats)
-    with tempfile.TemporaryDirectory() as folder:
-        audio = Path(folder) / "audio.npz"
-        np.savez(audio, **{f"{shape}__{i}": wav for shape, batch in workload.items() for i, wav in enumerate(batch)})
-        peer = run_peer_command([args.resemblyzer_python, "-I", str(PEER_SCRIPT), str(audio), str(args.repeats),
-                                 str(args.threads)], folder)
+    peer = run_peer_on_workload(args.resemblyzer_python, PEER_SCRIPT, workload, args.repeats, args.threads)
     for path, by_shape in ours.items():
         for shape, xrt in by_shape.items():
             figure(args.model, path, shape, "xRT", f"{xrt:.1f}")
