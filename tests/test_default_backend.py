@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from mvector.errors import ModelMismatchError
+from mvector.errors import ModelMismatchError, MVectorError
 from mvector.inference import backends
 from mvector.inference.backends import ConvertedOpenVinoBackend, TorchBackend
 from mvector.inference.predictor import MVectorPredictor
@@ -16,6 +16,7 @@ from predict_helpers import coloured_noise, make_model_dir
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("openvino")
+from openvino import Type  # noqa: E402
 
 
 @pytest.fixture
@@ -46,6 +47,33 @@ def test_the_default_is_openvino_converted_once_with_torchs_embeddings(model_dir
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mvector.inference.backends"):
         again = MVectorPredictor(model_dir)
+    assert not caplog.records  # read from the cache, silently
+    np.testing.assert_allclose(again.embed_waveforms(_waves()), got, atol=1e-5)
+
+
+def test_the_bfloat16_backend_converts_once_and_stays_within_cosine_0999(model_dir, cache, caplog):
+    """On a CPU with bfloat16 units: the features in float32, then the backbone in bfloat16, both
+    converted once; elsewhere one error naming the CPU's capabilities (the host decides which of the
+    two this test checks)."""
+    if "BF16" not in backends.openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(MVectorError, match="this CPU has no bfloat16 units .* use backend='auto'"):
+            MVectorPredictor(model_dir, backend="openvino-bf16")
+        return
+    float32 = MVectorPredictor(model_dir, backend="torch").embed_waveforms(_waves())
+    with caplog.at_level(logging.WARNING, logger="mvector.inference.backends"):
+        bf16 = MVectorPredictor(model_dir, backend="openvino-bf16")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{model_dir}: converting the model for OpenVINO, once (it is then read from {next(cache.iterdir())})"]
+    assert next(cache.iterdir()).name.endswith("-split")
+    precisions = [runner._compiled.get_property("INFERENCE_PRECISION_HINT") for runner in bf16._backend._runners]
+    assert precisions == [Type.f32, Type.bf16]  # the features, then the backbone
+    got = bf16.embed_waveforms(_waves())
+    assert np.min(np.sum(got * float32, axis=1)) > 0.999
+    assert not np.allclose(got, float32, atol=1e-5)  # it did round: bfloat16 keeps 8 bits of mantissa
+    assert bf16.fingerprint() == MVectorPredictor(model_dir, backend="torch").fingerprint()  # same library
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mvector.inference.backends"):
+        again = MVectorPredictor(model_dir, backend="openvino-bf16")
     assert not caplog.records  # read from the cache, silently
     np.testing.assert_allclose(again.embed_waveforms(_waves()), got, atol=1e-5)
 

@@ -260,7 +260,7 @@ def test_the_scripts_offer_every_backend_by_name():
 
 
 def test_bad_arguments_are_config_errors(model_dir):
-    with pytest.raises(ConfigError, match="valid names: auto, onnx, onnx-int8, openvino, openvino-int8, torch"):
+    with pytest.raises(ConfigError, match="valid names: auto, onnx, onnx-int8, openvino, openvino-bf16, openvino-int8, torch"):
         MVectorPredictor(model_dir, backend="tensorflow")
     with pytest.raises(ConfigError, match="hop_seconds"):
         MVectorPredictor(model_dir, hop_seconds=20.0)

@@ -4,7 +4,8 @@ and the shortest recording a model is given (what exported graphs are traced for
 
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"  # written by mvector.inference.quantize
-CONVERTED_FILE = "model.xml"  # a model converted for OpenVINO, in the cache folder
+# The file of each graph part (mvector.inference.export.GRAPH_PARTS) converted for OpenVINO, in the cache folder.
+CONVERTED_FILES = {"embedder": "model.xml", "features": "features.xml", "backbone": "backbone.xml"}
 INPUT_NAMES = ("waveforms", "lengths")
 OUTPUT_NAME = "embeddings"
 # Metadata key of an exported graph: the fingerprint of the model directory it was exported from.

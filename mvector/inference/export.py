@@ -48,24 +48,46 @@ SIZE_OBLIVIOUS = {"backed_size_oblivious": True}
 CHECK_SECONDS = (3.1, MIN_DURATION, 2.2)
 
 
-def _samples_range(program):
-    """The value range torch.export settled on for the waveforms' time axis."""
-    waveforms = next(node for node in program.graph.nodes if node.op == "placeholder"
-                     and node.name == INPUT_NAMES[0])
-    return program.range_constraints[waveforms.meta["val"].shape[1].node.expr]
+FEATURE_NAMES = ("features", "frame_lengths")
+# What a graph may hold: part -> (its module in the embedder, input names, output names). Exports write the
+# whole embedder; a backend that computes the front-end and the backbone apart converts them one by one.
+GRAPH_PARTS = {
+    "embedder": (lambda embedder: embedder, INPUT_NAMES, (OUTPUT_NAME,)),
+    "features": (lambda embedder: embedder.featurizer, INPUT_NAMES, FEATURE_NAMES),
+    "backbone": (lambda embedder: embedder.backbone, FEATURE_NAMES, (OUTPUT_NAME,)),
+}
+
+
+def _time_axis_range(program):
+    """The value range torch.export settled on for the time axis of the graph's first input."""
+    first = program.graph_signature.user_inputs[0]
+    placeholder = next(node for node in program.graph.nodes if node.op == "placeholder" and node.name == first)
+    return program.range_constraints[placeholder.meta["val"].shape[1].node.expr]
+
+
+def _rows(tensor):
+    return torch.as_tensor(np.asarray(tensor), dtype=torch.float32).flatten(1)
 
 
 class _Exporter:
-    """Exports one embedder; the torch.export program is made once and shared by onnx and pt2."""
+    """Exports one embedder, or one ``part`` of it (``GRAPH_PARTS``); the torch.export program is made
+    once and shared by onnx and pt2."""
 
-    def __init__(self, embedder, fingerprint: str):
+    def __init__(self, embedder, fingerprint: str, part: str = "embedder"):
         self.embedder = embedder
         self.fingerprint = fingerprint  # of the model directory, recorded in the ONNX graph
         self.sample_rate = embedder.sample_rate
+        module_of, self.input_names, self.output_names = GRAPH_PARTS[part]
+        self.module = module_of(embedder)
         self.example = noise_batch(TRACE_SECONDS, self.sample_rate, seed=0)
         self.check = noise_batch(CHECK_SECONDS, self.sample_rate, seed=1)
+        self.frames_in = self.input_names != INPUT_NAMES
+        if self.frames_in:
+            with torch.no_grad():  # not inference_mode: torch.export cannot trace inference tensors
+                self.example, self.check = (embedder.featurizer(*batch) for batch in (self.example, self.check))
         with torch.inference_mode():
-            self.reference = embedder(*self.check)
+            reference = self.module(*self.check)
+        self.reference = _rows(reference[0] if isinstance(reference, tuple) else reference)
         self._program = None
 
     def min_samples(self) -> int:
@@ -78,22 +100,26 @@ class _Exporter:
             # DYNAMIC dims: torch infers the constraints the graph implies (true for every length from the
             # minimum on) instead of failing on guards it cannot prove; it still fails if an axis is frozen.
             batch = torch.export.Dim.DYNAMIC(min=1)
-            min_samples = self.min_samples()
-            shapes = {"waveforms": {0: batch, 1: torch.export.Dim.DYNAMIC(min=min_samples)}, "lengths": {0: batch}}
+            shortest = self.min_samples()
+            if self.frames_in:
+                shortest = self.embedder.featurizer.num_frames(shortest)
+            shapes = ({0: batch, 1: torch.export.Dim.DYNAMIC(min=shortest)}, {0: batch})
             with fx_config.patch(**SIZE_OBLIVIOUS):
-                program = torch.export.export(self.embedder, self.example, dynamic_shapes=shapes, strict=False)
-            needed = _samples_range(program).lower
-            if needed > min_samples:
-                raise MVectorError(f"the exported graph only takes waveforms of at least {needed} samples, "
-                                   f"but {type(self.embedder.backbone).__name__} must take {min_samples}")
+                program = torch.export.export(self.module, self.example, dynamic_shapes=shapes, strict=False)
+            needed = _time_axis_range(program).lower
+            if needed > shortest:
+                raise MVectorError(f"the exported graph only takes {self.input_names[0]} {needed} long, "
+                                   f"but {type(self.embedder.backbone).__name__} must take {shortest}")
             self._program = program
         return self._program
 
-    def verify(self, path: Path, embeddings) -> None:
-        got = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+    def verify(self, path: Path, output) -> None:
+        """Refuse a graph whose first output (the embeddings, or the front-end's features) on the check
+        batch is not within MIN_COSINE of PyTorch's, row by row."""
+        got = _rows(output)
         if got.shape != self.reference.shape or not torch.isfinite(got).all():
             raise MVectorError(f"{path}: the exported graph returned shape {tuple(got.shape)}, expected "
-                               f"{tuple(self.reference.shape)} finite embeddings")
+                               f"{tuple(self.reference.shape)} finite values")
         cosine = torch.nn.functional.cosine_similarity(got, self.reference, dim=1).min().item()
         if cosine < MIN_COSINE:
             raise MVectorError(f"{path}: the exported graph disagrees with PyTorch (cosine {cosine:.6f} "
@@ -118,8 +144,8 @@ def export_onnx(exporter: _Exporter, out_dir: Path) -> Path:
         with warnings.catch_warnings():
             # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
-            program = torch.onnx.export(exporter.program(), exporter.example, input_names=list(INPUT_NAMES),
-                                        output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
+            program = torch.onnx.export(exporter.program(), exporter.example, input_names=list(exporter.input_names),
+                                        output_names=list(exporter.output_names), dynamo=True, verbose=False)
     finally:
         registration.setLevel(level)
     program.model.metadata_props[FINGERPRINT_KEY] = exporter.fingerprint
@@ -127,14 +153,14 @@ def export_onnx(exporter: _Exporter, out_dir: Path) -> Path:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     waves, lengths = exporter.check
     try:
-        embeddings = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: waves.numpy(), INPUT_NAMES[1]: lengths.numpy()})[0]
+        output = session.run(None, dict(zip(exporter.input_names, (waves.numpy(), lengths.numpy()))))[0]
     except Exception as exc:  # ONNX Runtime's own error types: a graph that only runs at the traced sizes
         path.unlink(missing_ok=True)
         backbone = type(exporter.embedder.backbone).__name__
         raise MVectorError(f"{backbone} does not export to ONNX yet: the exported graph fails on a batch of other "
                            f"lengths than the traced one ({' '.join(str(exc).split())[:160]}); nothing was "
                            "written. Use the torch backend for this model") from None
-    exporter.verify(path, embeddings)
+    exporter.verify(path, output)
     return path
 
 
@@ -184,13 +210,13 @@ def check_exportable(embedder) -> None:
                            "only takes the traced length; nothing was written. Use the torch backend for this model")
 
 
-def converted_for_openvino(embedder, fingerprint: str, path) -> Path:
-    """``embedder`` (of the model whose fingerprint is given) converted by OpenVINO from its
-    torch.export program (no ONNX in between; through ONNX where OpenVINO's torch front-end lacks an
-    operator, as for the LSTM's scan), checked against torch like every export and saved as ``path``
-    (.xml and .bin)."""
+def converted_for_openvino(embedder, fingerprint: str, path, part: str = "embedder") -> Path:
+    """``embedder`` (of the model whose fingerprint is given), or a ``part`` of it (``GRAPH_PARTS``),
+    converted by OpenVINO from its torch.export program (no ONNX in between; through ONNX where
+    OpenVINO's torch front-end lacks an operator, as for the LSTM's scan), checked against torch like
+    every export and saved as ``path`` (.xml and .bin)."""
     ov = import_openvino()
-    exporter = _Exporter(embedder, fingerprint)
+    exporter = _Exporter(embedder, fingerprint, part)
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as scratch:
         # Raised inside torch's own exporter (its pytree specs), nothing a caller can act on.
         warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)

@@ -94,7 +94,9 @@ class MVectorPredictor:
     ``batch_size``: utterances or windows per forward pass. ``backend``: 'torch', 'onnx' (an
     exported ``model.onnx``, found in ``model_dir`` or given as ``onnx_path``, run by ONNX
     Runtime), 'openvino' (the same file compiled by OpenVINO: the fastest float32 path on x86
-    CPUs) or 'onnx-int8' / 'openvino-int8' (``model.int8.onnx``, ``mvector.inference.quantize``).
+    CPUs) or 'onnx-int8' / 'openvino-int8' (``model.int8.onnx``, ``mvector.inference.quantize``);
+    'openvino-bf16': float32 features, then the backbone converted for OpenVINO and computed in
+    bfloat16 (faster on CPUs with bfloat16 units, embeddings within cosine 0.999 of float32).
     ``fuse_batchnorm`` (torch backend): BatchNorms are folded into the convolutions before them at
     load, checked to give the same embeddings (5-25 % faster on the CPU for the backbones that have
     such pairs; ECAPA-TDNN has none). None (default): fold where that check passes; True: fold or
