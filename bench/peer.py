@@ -24,15 +24,16 @@ def backbone_configs() -> dict:
     return found
 
 
-def default_predictor(model_dir=None, threads=2):
-    """What a user gets without asking (``MVectorPredictor(model_dir)``, backend 'auto'), with the
-    compiled OpenVINO model pinned to ``threads`` so it is compared with a peer on equal cores."""
+def default_predictor(model_dir=None, threads=2, backend="auto"):
+    """What a user gets without asking (``MVectorPredictor(model_dir)``, backend 'auto'; or the
+    converted ``backend`` named), with the compiled OpenVINO model pinned to ``threads`` so it is
+    compared with a peer on equal cores."""
     from mvector.inference.backends import ConvertedOpenVinoBackend
     from mvector.inference.predictor import MVectorPredictor
 
-    predictor = MVectorPredictor(model_dir, audio_db_path=None)
+    predictor = MVectorPredictor(model_dir, audio_db_path=None, backend=backend)
     if isinstance(predictor._backend, ConvertedOpenVinoBackend):
-        predictor._backend.compile(str(predictor._backend.converted_path), INFERENCE_NUM_THREADS=threads)
+        predictor._backend.compile(INFERENCE_NUM_THREADS=threads)
     return predictor
 
 
