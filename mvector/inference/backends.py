@@ -309,19 +309,25 @@ class ConvertedOpenVinoBackend:
         if failed.is_file():  # converting this model failed before: say why again, do not spend minutes on it
             raise OpenVinoUnavailable(failed.read_text(encoding="utf-8").strip() + f" (remembered in {failed})")
         self.converted_paths = [folder / CONVERTED_FILES[part] for part, _ in self.stages]
-        if not all(path.is_file() for path in self.converted_paths):
+        if not self._is_converted():
             self._convert(folder)
         try:
-            models = [openvino_core().read_model(str(path)) for path in self.converted_paths]
+            models = self._read_converted()
         except Exception:  # a damaged cache entry (a disk that filled up): it is ours to convert again
             shutil.rmtree(folder, ignore_errors=True)
             self._convert(folder)
-            models = [openvino_core().read_model(str(path)) for path in self.converted_paths]
+            models = self._read_converted()
         self._cache = folder / "compiled"
         self._runners = [OpenVinoRunner() for _ in self.stages]
         self.compile(models)
         self.sample_rate = self.config["dataset_conf"]["sample_rate"]  # the featurizer's (checked when loaded)
         self.embd_dim = models[-1].outputs[0].get_partial_shape()[1].get_length()
+
+    def _is_converted(self) -> bool:
+        return all(path.is_file() for path in self.converted_paths)
+
+    def _read_converted(self) -> list:
+        return [openvino_core().read_model(str(path)) for path in self.converted_paths]
 
     def compile(self, models=None, **options) -> None:
         """Compile each stage (``models`` read by OpenVINO; None: the converted files) in its precision
@@ -364,7 +370,7 @@ class ConvertedOpenVinoBackend:
             try:
                 os.replace(staging, folder)
             except OSError:  # another process converted it meanwhile: theirs serves
-                if not all(path.is_file() for path in self.converted_paths):
+                if not self._is_converted():
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
