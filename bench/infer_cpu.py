@@ -11,7 +11,8 @@ For each backbone (its config in configs/, random weights) and each shape (one 3
 padding, Fbank, backbone, L2 normalisation. Paths: ``eager`` (the torch backend, BatchNorms kept),
 ``default`` (what ``MVectorPredictor(model_dir)`` runs unless told otherwise: backend ``auto``, on
 the CPU the model converted for OpenVINO straight from torch and cached), ``openvino-bf16`` (the
-opt-in backend of that name: torch's float32 features, then the converted backbone in bfloat16),
+opt-in backend of that name: the converted front-end in float32, then the converted backbone in
+bfloat16),
 ``fused`` (the same with BatchNorm folded into convolutions, ``mvector.inference.batchnorm_fusion.fuse_batchnorm``),
 ``onnx`` (``mvector.inference.export`` then the ONNX Runtime backend, ``intra_op_num_threads=--threads``),
 ``openvino`` (the same graph compiled by OpenVINO, float32, ``INFERENCE_NUM_THREADS=--threads``)
